@@ -1,0 +1,27 @@
+# fixmatch-bench: `make quick` runs the embedded quick suite, `make test` the tests.
+SHELL := /bin/bash
+export DVC_NO_ANALYTICS := 1
+UV ?= $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
+
+.PHONY: quick test install uv params baseline bench paper
+
+quick: install  ## install everything, then run the DVC pipeline (quick suite)
+	$(UV) run dvc repro
+
+test: install  ## run the test suite
+	$(UV) run pytest -q
+
+install: uv  ## the locked environment (uv.lock) in .venv
+	$(UV) sync --frozen
+
+uv:  ## bootstrap uv from PyPI if it is missing
+	@command -v $(UV) >/dev/null 2>&1 || python3 -m pip install --user --quiet uv
+
+params: install  ## regenerate params.yaml from conf/ (what `dvc exp run` does)
+	$(UV) run python -m fixmatch_bench.compose params.yaml
+
+baseline: install  ## re-generate the quick suite's committed baseline from the current results
+	$(UV) run python -m fixmatch_bench.report.check --write-baseline reports/baseline/quick.json
+
+bench: install  ## throughput benchmarks (GPU figures when a GPU is present)
+	$(UV) run pytest benchmarks --benchmark-only -q

@@ -1,0 +1,33 @@
+"""DVC stage `split@<cell>-<fold>`: draw one labeled split with the official algorithm."""
+
+import argparse
+from pathlib import Path
+
+from fixmatch_bench.config import load_params, parse_cell
+from fixmatch_bench.prepared import load_prepared
+from fixmatch_bench.splits import make_split, write_split
+from fixmatch_bench.stage import run_stage
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--cell", required=True)
+    parser.add_argument("--fold", type=int, required=True)
+    parser.add_argument("--prepared", type=Path, default=Path("data/prepared"))
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--params", default="params.yaml")
+    args = parser.parse_args()
+    params = load_params(args.params)
+    dataset_name, labels = parse_cell(args.cell, params["datasets"])
+    dataset = load_prepared(args.prepared / dataset_name)
+    facts = params["datasets"][dataset_name]
+    if len(dataset.train_labels) != facts["train_size"]:
+        raise ValueError(f"prepared {dataset_name} has {len(dataset.train_labels)} training images, "
+                         f"but datasets.{dataset_name}.train_size is {facts['train_size']}")
+    split = make_split(dataset, labels, args.fold)
+    write_split(split, args.out)
+    print(f"split {args.cell} fold {args.fold}: {split['source']}, per class {split['class_histogram']}")
+
+
+if __name__ == "__main__":
+    run_stage(main)

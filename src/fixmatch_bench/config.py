@@ -1,0 +1,159 @@
+"""Reading and validating `params.yaml`, and expanding it into runs.
+
+Every stage script calls :func:`load_params` first, so a bad value stops the
+stage with one line naming the key, the value and what is allowed, before any
+work starts.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+STRONG_AUGMENTATIONS = ("none", "randaugment", "ctaugment")
+AUGMENT_IMPLS = ("batched", "reference")
+DEVICES = ("auto", "cpu", "cuda")
+CELL_PATTERN = re.compile(r"^(?P<dataset>[a-z0-9]+)_(?P<labels>\d+)$")
+
+
+class ParamsError(ValueError):
+    """A parameter value that is not allowed; the message names key and value."""
+
+
+@dataclass(frozen=True)
+class Run:
+    """One training: a method on a dataset@labels cell and one fold."""
+
+    dataset: str
+    labels: int
+    method: str
+    fold: int
+
+    @property
+    def cell(self) -> str:
+        return f"{self.dataset}_{self.labels}"
+
+    @property
+    def name(self) -> str:
+        """The run without its fold, as listed in params (``digits_20-fixmatch_ra``)."""
+        return f"{self.cell}-{self.method}"
+
+    @property
+    def key(self) -> str:
+        """Matrix key and results folder name (``digits_20-fixmatch_ra-1``)."""
+        return f"{self.name}-{self.fold}"
+
+
+def _fail(key: str, value: Any, allowed: str) -> None:
+    raise ParamsError(f"invalid params: {key} = {value!r} ({allowed})")
+
+
+def _number(params: dict, key: str, low: float, high: float | None = None, *, integer: bool = False,
+            low_inclusive: bool = True) -> None:
+    node: Any = params
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            _fail(key, None, "missing")
+        node = node[part]
+    kind = int if integer else (int, float)
+    ok = isinstance(node, kind) and not isinstance(node, bool)
+    if ok:
+        ok = node >= low if low_inclusive else node > low
+        ok = ok and (high is None or node <= high)
+    if not ok:
+        bounds = f"{'[' if low_inclusive else '('}{low}, {'inf)' if high is None else f'{high}]'}"
+        _fail(key, node, f"must be {'an integer' if integer else 'a number'} in {bounds}")
+
+
+def _choice(value: Any, key: str, allowed: tuple[str, ...] | list[str]) -> None:
+    if value not in allowed:
+        _fail(key, value, f"allowed: {', '.join(map(str, allowed))}")
+
+
+def parse_cell(cell: str, datasets: dict[str, Any], key: str = "cells") -> tuple[str, int]:
+    """Split ``cifar10_40`` into (``cifar10``, 40), checking it against the dataset table."""
+    match = CELL_PATTERN.match(str(cell))
+    if not match:
+        _fail(key, cell, "expected <dataset>_<labels>, e.g. cifar10_40")
+    dataset, labels = match["dataset"], int(match["labels"])
+    _choice(dataset, f"{key}: dataset of {cell}", sorted(datasets))
+    facts = datasets[dataset]
+    if not facts["num_classes"] <= labels <= facts["train_size"]:
+        _fail(key, cell, f"{dataset} label count must be between {facts['num_classes']} "
+                         f"(one per class) and {facts['train_size']} (the training set)")
+    return dataset, labels
+
+
+def validate_params(params: dict) -> None:
+    """Check every key the pipeline reads; raise :class:`ParamsError` on the first bad one."""
+    _number(params, "threshold", 0.0, 1.0)
+    for key in ("steps", "batch", "eval_every", "median_of_last", "eval_batch", "log_every", "checkpoint_every"):
+        _number(params, f"train.{key}", 1, integer=True)
+    _number(params, "train.uratio", 0, integer=True)
+    _number(params, "train.seed", 0, integer=True)
+    _number(params, "train.unlabeled_weight", 0.0)
+    _number(params, "train.lr", 0.0, low_inclusive=False)
+    _number(params, "train.momentum", 0.0, 1.0)
+    _number(params, "train.ema", 0.0, 1.0)
+    train = params["train"]
+    if train["checkpoint_every"] % train["log_every"]:
+        _fail("train.checkpoint_every", train["checkpoint_every"],
+              f"must be a multiple of train.log_every = {train['log_every']}")
+    _choice(train.get("device"), "train.device", DEVICES)
+    _choice(params.get("augment", {}).get("impl"), "augment.impl", AUGMENT_IMPLS)
+
+    datasets = params.get("datasets") or {}
+    for name, facts in datasets.items():
+        for key in ("num_classes", "image_size", "channels", "translate", "ra_cutout", "cta_cutout",
+                    "train_size", "test_size"):
+            _number(params, f"datasets.{name}.{key}", 0, integer=True)
+        _number(params, f"datasets.{name}.weight_decay", 0.0)
+    methods = params.get("methods") or {}
+    for name, method in methods.items():
+        _choice(method.get("strong"), f"methods.{name}.strong", STRONG_AUGMENTATIONS)
+
+    data = params.get("data")
+    if not isinstance(data, list) or not data:
+        _fail("data", data, "a non-empty list of datasets")
+    for dataset in data:
+        _choice(dataset, "data", sorted(datasets))
+    folds = params.get("folds")
+    if not isinstance(folds, list) or not folds or len(set(folds)) != len(folds):
+        _fail("folds", folds, "a non-empty list of distinct positive integers (split seeds)")
+    for fold in folds:
+        if not isinstance(fold, int) or isinstance(fold, bool) or fold < 1:
+            _fail("folds", fold, "split seeds are integers >= 1 (seed 0 means unshuffled)")
+    cells = params.get("cells")
+    if not isinstance(cells, list) or not cells:
+        _fail("cells", cells, "a non-empty list of <dataset>_<labels>")
+    for cell in cells:
+        dataset, _ = parse_cell(cell, datasets)
+        _choice(dataset, f"cells: dataset of {cell} (must be listed in data)", data)
+    ssl_methods = params.get("ssl_methods")
+    if not isinstance(ssl_methods, list) or len(set(ssl_methods)) != len(ssl_methods):
+        _fail("ssl_methods", ssl_methods, "a list of distinct semi-supervised methods")
+    allowed = sorted(name for name, spec in methods.items() if spec.get("unlabeled"))
+    for method in ssl_methods:
+        _choice(method, "ssl_methods", allowed)
+
+
+def load_params(path: str | Path = "params.yaml") -> dict:
+    """Read and validate the params file."""
+    with open(path) as handle:
+        params = yaml.safe_load(handle)
+    validate_params(params)
+    return params
+
+
+def expected_runs(params: dict) -> list[Run]:
+    """Every run the params ask for: each cell's supervised baseline, then each semi-supervised method."""
+    runs = []
+    for method in ["supervised", *params["ssl_methods"]]:
+        for cell in params["cells"]:
+            dataset, labels = parse_cell(cell, params["datasets"])
+            runs.extend(Run(dataset, labels, method, fold) for fold in params["folds"])
+    return runs

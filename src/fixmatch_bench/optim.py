@@ -1,0 +1,30 @@
+"""Optimizer and learning-rate schedule of the official code (protocol reference §1.4-1.6)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+def weight_decay_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Coupled L2 on conv and linear weights ("kernels") only; biases and BN parameters are not decayed."""
+    decayed, other = [], []
+    for module in model.modules():
+        for name, parameter in module.named_parameters(recurse=False):
+            is_kernel = name == "weight" and isinstance(module, (nn.Conv2d, nn.Linear))
+            (decayed if is_kernel else other).append(parameter)
+    return [{"params": decayed, "weight_decay": weight_decay}, {"params": other, "weight_decay": 0.0}]
+
+
+def make_optimizer(model: nn.Module, lr: float, momentum: float, nesterov: bool, weight_decay: float) -> torch.optim.SGD:
+    """SGD with Nesterov momentum; SGD's weight_decay adds wd*w to the gradient = d/dw of wd*||w||^2/2."""
+    return torch.optim.SGD(weight_decay_groups(model, weight_decay), lr=lr, momentum=momentum,
+                           nesterov=nesterov, dampening=0.0)
+
+
+def cosine_lr(base_lr: float, step: int, total_steps: int) -> float:
+    """lr_k = lr * cos(7 pi k / (16 K)), no warm-up; ends at lr * cos(7 pi / 16)."""
+    progress = min(max(step / total_steps, 0.0), 1.0)
+    return base_lr * math.cos(7.0 * math.pi * progress / 16.0)

@@ -1,0 +1,348 @@
+"""The training loop around :func:`fixmatch_loss`: data, augmentation, optimizer, EMA,
+distribution alignment, CTAugment probes, evaluation, curves and checkpoints.
+
+One call of :func:`train` trains one run (a method on one dataset@labels cell and
+one fold) and returns its metrics. It resumes from the run's checkpoint when one
+of an unfinished run with the same settings exists, and checkpoints every
+``train.checkpoint_every`` steps and when asked to stop (SIGTERM/SIGINT).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import signal
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .augment import make_augmenter
+from .checkpoint import load_for_resume, save_checkpoint
+from .config import Run
+from .curves import Curves
+from .distribution_alignment import DistributionAlignment
+from .ema import ModelEMA
+from .evaluation import accuracy, reported_error, to_model_input
+from .fixmatch import Batch, fixmatch_loss
+from .optim import cosine_lr, make_optimizer
+from .prepared import load_prepared
+from .sampling import IndexStream
+from .splits import read_split
+from .wide_resnet import WideResNet
+
+# Settings that change how a run is executed or logged but not what it computes.
+NOT_IN_FINGERPRINT = ("eval_batch", "log_every", "checkpoint_every", "device")
+
+
+class NonFiniteLoss(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class Interrupted(RuntimeError):
+    """Training stopped on a signal after writing a checkpoint."""
+
+    def __init__(self, signum: int, step: int):
+        super().__init__(f"stopped by {signal.Signals(signum).name} at step {step}; checkpoint written, "
+                         "re-run the stage to resume")
+        self.signum = signum
+
+
+@dataclass
+class StopRequest:
+    """Set by the signal handler; the loop checkpoints and stops at the next step boundary."""
+
+    signum: int | None = None
+
+
+@contextmanager
+def stop_on_signals(request: StopRequest) -> Iterator[StopRequest]:
+    """Turn SIGTERM/SIGINT into a polite stop request for the duration of training."""
+    def handler(signum, _frame):
+        request.signum = signum
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield request
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+@dataclass
+class RunData:
+    """A run's images (uint8 NCHW) and labels on the training device."""
+
+    labeled_images: torch.Tensor
+    labeled_targets: torch.Tensor
+    unlabeled_images: torch.Tensor
+    unlabeled_targets: torch.Tensor  # -1 where unknown (STL-10's unlabeled images)
+    test_images: torch.Tensor
+    test_targets: torch.Tensor
+    class_distribution: torch.Tensor  # labeled-class distribution (p_data of distribution alignment)
+    dataset_sha256: str
+    split_sha256: str
+
+
+def _nchw(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(array)).permute(0, 3, 1, 2).contiguous().to(device)
+
+
+def load_run_data(data_dir: Path, split_path: Path, device: torch.device) -> RunData:
+    """Move the prepared dataset and the run's labeled split onto ``device``."""
+    dataset = load_prepared(data_dir)
+    split = read_split(split_path, dataset)
+    indices = np.asarray(split["indices"], np.int64)
+    train_images = _nchw(dataset.train_images, device)
+    train_targets = torch.from_numpy(np.asarray(dataset.train_labels)).to(device)
+    unlabeled_images, unlabeled_targets = train_images, train_targets
+    if dataset.unlabeled_images is not None:  # the unlabeled set is train + extra unlabeled images
+        extra = _nchw(dataset.unlabeled_images, device)
+        unlabeled_images = torch.cat([train_images, extra])
+        unlabeled_targets = torch.cat([train_targets, torch.full((len(extra),), -1, device=device)])
+    histogram = torch.tensor(split["class_histogram"], dtype=torch.float64)
+    index = torch.from_numpy(indices).to(device)
+    return RunData(
+        labeled_images=train_images[index],
+        labeled_targets=train_targets[index],
+        unlabeled_images=unlabeled_images,
+        unlabeled_targets=unlabeled_targets,
+        test_images=_nchw(dataset.test_images, device),
+        test_targets=torch.from_numpy(np.asarray(dataset.test_labels)).to(device),
+        class_distribution=(histogram / histogram.sum()).float().to(device),
+        dataset_sha256=dataset.sha256,
+        split_sha256=hashlib.sha256(Path(split_path).read_bytes()).hexdigest(),
+    )
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("train.device = 'cuda' but no CUDA device is available; use train.device=cpu or auto")
+    return torch.device(name)
+
+
+def fingerprint(params: dict, run: Run, data: RunData) -> dict:
+    """Everything that defines what a run computes; a checkpoint only resumes a run with the same one."""
+    method = params["methods"][run.method]
+    train_params = {key: value for key, value in params["train"].items() if key not in NOT_IN_FINGERPRINT}
+    result = {
+        "run": run.key,
+        "train": train_params,
+        "augment": params["augment"],
+        "dataset": params["datasets"][run.dataset],
+        "method": method,
+        "dataset_sha256": data.dataset_sha256,
+        "split_sha256": data.split_sha256,
+    }
+    if method["unlabeled"]:
+        result["threshold"] = params["threshold"]
+    return result
+
+
+def _rng_states() -> dict:
+    numpy_state = np.random.get_state()
+    return {
+        "python": list(random.getstate()[1]),
+        "numpy": {"keys": torch.from_numpy(numpy_state[1].copy()), "pos": int(numpy_state[2])},
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def _set_rng_states(state: dict) -> None:
+    random.setstate((3, tuple(state["python"]), None))
+    np.random.set_state(("MT19937", state["numpy"]["keys"].numpy(), state["numpy"]["pos"], 0, 0.0))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@dataclass
+class Window:
+    """Training logs summed on the device between two reads (no per-step host sync)."""
+
+    sums: dict[str, torch.Tensor] = field(default_factory=dict)
+    steps: int = 0
+    first_bad_step: torch.Tensor | None = None
+
+    def add(self, step: int, logs: dict[str, torch.Tensor]) -> None:
+        for name in ("loss", "loss_x", "loss_u", "mask_rate", "pseudo_label_correct", "pseudo_label_count"):
+            if name in logs:
+                value = logs[name].detach().double()
+                self.sums[name] = self.sums[name] + value if name in self.sums else value
+        bad = ~torch.isfinite(logs["loss"].detach())
+        marker = torch.where(bad, torch.tensor(step, device=bad.device), torch.tensor(-1, device=bad.device))
+        self.first_bad_step = marker if self.first_bad_step is None else torch.where(
+            self.first_bad_step >= 0, self.first_bad_step, marker)
+        self.steps += 1
+
+    def read(self) -> dict[str, float]:
+        """Means over the window, read from the device once; raises on a non-finite loss."""
+        if not self.steps:
+            return {}
+        if self.first_bad_step is not None and int(self.first_bad_step) >= 0:
+            raise NonFiniteLoss(f"the loss became non-finite at step {int(self.first_bad_step)}; "
+                                "stopping, the last good checkpoint is kept")
+        sums = {name: float(value) for name, value in self.sums.items()}
+        values = {f"train/{name}": sums[name] / self.steps for name in ("loss", "loss_x", "loss_u", "mask_rate")
+                  if name in sums}
+        if "pseudo_label_count" in sums:
+            count = sums["pseudo_label_count"]
+            values["train/pseudo_label_accuracy"] = sums["pseudo_label_correct"] / count if count else float("nan")
+        self.sums, self.steps, self.first_bad_step = {}, 0, None
+        return values
+
+    def state_dict(self) -> dict:
+        return {"sums": {k: v.cpu() for k, v in self.sums.items()}, "steps": self.steps,
+                "first_bad_step": None if self.first_bad_step is None else self.first_bad_step.cpu()}
+
+    def load_state_dict(self, state: dict, device: torch.device) -> None:
+        self.sums = {k: v.to(device) for k, v in state["sums"].items()}
+        self.steps = state["steps"]
+        self.first_bad_step = None if state["first_bad_step"] is None else state["first_bad_step"].to(device)
+
+
+def train(params: dict, run: Run, data_dir: Path, split_path: Path, out_dir: Path,
+          stop: StopRequest | None = None, progress: bool = True) -> dict:
+    """Train one run to completion (resuming if possible) and return its metrics."""
+    stop = stop or StopRequest()
+    hp = params["train"]
+    facts = params["datasets"][run.dataset]
+    method = params["methods"][run.method]
+    device = resolve_device(hp["device"])
+    data = load_run_data(data_dir, split_path, device)
+    checkpoint_dir, live_dir = out_dir / "checkpoint", out_dir / "live"
+    run_fingerprint = fingerprint(params, run, data)
+    state = load_for_resume(checkpoint_dir, run_fingerprint)
+
+    seed = hp["seed"] * 1000 + run.fold
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed)
+    model = WideResNet(num_classes=facts["num_classes"], in_channels=facts["channels"], **facts["network"]).to(device)
+    ema = ModelEMA(model, hp["ema"])
+    optimizer = make_optimizer(model, hp["lr"], hp["momentum"], hp["nesterov"], facts["weight_decay"])
+    cutout = facts["cta_cutout"] if method["strong"] == "ctaugment" else facts["ra_cutout"]
+    augmenter = make_augmenter(strong=method["strong"], impl=params["augment"]["impl"], flip=facts["flip"],
+                               translate=facts["translate"], cutout=cutout)
+    alignment = (DistributionAlignment(facts["num_classes"], data.class_distribution)
+                 if method["distribution_alignment"] else None)
+    sample_generator = torch.Generator(device=device).manual_seed(seed)
+    augment_generator = torch.Generator(device=device).manual_seed(seed + 1)
+    labeled_stream = IndexStream(len(data.labeled_targets), hp["batch"], sample_generator)
+    unlabeled_stream = IndexStream(len(data.unlabeled_targets), hp["batch"] * hp["uratio"], sample_generator)
+    uses_unlabeled = method["unlabeled"] and hp["uratio"] > 0
+    window = Window()
+    start_step, accuracies, elapsed = 0, [], 0.0
+
+    if state is not None:
+        model.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        optimizer.load_state_dict(state["optimizer"])
+        augmenter.load_state_dict(state["augmenter"])
+        if alignment is not None:
+            alignment.load_state_dict(state["alignment"])
+        sample_generator.set_state(state["generators"]["sample"])
+        augment_generator.set_state(state["generators"]["augment"])
+        labeled_stream.load_state_dict(state["streams"]["labeled"])
+        unlabeled_stream.load_state_dict(state["streams"]["unlabeled"])
+        window.load_state_dict(state["window"], device)
+        _set_rng_states(state["rng"])
+        start_step, accuracies, elapsed = state["step"], list(state["accuracies"]), state["elapsed_s"]
+    curves = Curves(live_dir, state["curves"] if state is not None else None)
+
+    def checkpoint(step: int, finished: bool) -> None:
+        save_checkpoint(checkpoint_dir, {
+            "fingerprint": run_fingerprint, "finished": finished, "step": step,
+            "model": model.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
+            "augmenter": augmenter.state_dict(),
+            "alignment": alignment.state_dict() if alignment is not None else None,
+            "generators": {"sample": sample_generator.get_state(), "augment": augment_generator.get_state()},
+            "streams": {"labeled": labeled_stream.state_dict(), "unlabeled": unlabeled_stream.state_dict()},
+            "window": window.state_dict(), "rng": _rng_states(),
+            "accuracies": accuracies, "curves": curves.history, "elapsed_s": elapsed + time.perf_counter() - started,
+        })
+
+    steps = hp["steps"]
+    model.train()
+    started = time.perf_counter()
+    bar = tqdm(total=steps, initial=start_step, desc=run.key, unit="step", disable=not progress, dynamic_ncols=True)
+    for step in range(start_step + 1, steps + 1):
+        lr = cosine_lr(hp["lr"], step - 1, steps)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        labeled_index = labeled_stream.next()
+        labeled = augmenter.weak(data.labeled_images[labeled_index], augment_generator)
+        targets = data.labeled_targets[labeled_index]
+        batch = Batch(labeled=to_model_input(labeled), targets=targets)
+        if uses_unlabeled:
+            unlabeled_index = unlabeled_stream.next()
+            unlabeled = data.unlabeled_images[unlabeled_index]
+            batch = Batch(labeled=batch.labeled, targets=targets,
+                          weak=to_model_input(augmenter.weak(unlabeled, augment_generator)),
+                          strong=to_model_input(augmenter.strong(unlabeled, augment_generator)),
+                          unlabeled_targets=data.unlabeled_targets[unlabeled_index])
+        loss, logs = fixmatch_loss(model, batch, params["threshold"], hp["unlabeled_weight"] * uses_unlabeled,
+                                   align=alignment.align if alignment is not None else None)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        ema.update(model)
+        if alignment is not None:
+            alignment.update(logs["weak_probs"])
+        if method["strong"] == "ctaugment":
+            probes, policies = augmenter.probe(labeled, augment_generator)
+            ema.module.eval()
+            with torch.no_grad():
+                probabilities = torch.softmax(ema.module(to_model_input(probes)).float(), dim=1)
+            augmenter.update(policies, probabilities.gather(1, targets[:, None]).squeeze(1))
+        window.add(step, logs)
+
+        if step % hp["log_every"] == 0 or step == steps or stop.signum is not None:
+            values = window.read()
+            values["train/lr"] = lr
+            curves.log(step, values)
+            bar.set_postfix(loss=f"{values.get('train/loss', float('nan')):.3f}",
+                            mask=f"{values.get('train/mask_rate', 0.0):.2f}", refresh=False)
+        if step % hp["eval_every"] == 0 or step == steps:
+            value = float(accuracy(ema.module, data.test_images, data.test_targets, hp["eval_batch"]))
+            accuracies.append(value)
+            curves.log(step, {"eval/accuracy": value, "eval/error": 100.0 - value})
+            bar.set_postfix(error=f"{100.0 - value:.2f}", refresh=False)
+        bar.update(1)
+        if stop.signum is not None:
+            checkpoint(step, finished=False)
+            bar.close()
+            raise Interrupted(stop.signum, step)
+        if step % hp["checkpoint_every"] == 0 and step != steps:
+            checkpoint(step, finished=False)
+    bar.close()
+    wall_time = elapsed + time.perf_counter() - started
+    checkpoint(steps, finished=True)
+    curves.close()
+
+    mask_rates = curves.series("train/mask_rate")
+    pseudo_accuracies = curves.series("train/pseudo_label_accuracy")
+    return {
+        "run": run.name, "dataset": run.dataset, "labels": run.labels, "method": run.method, "fold": run.fold,
+        "error": reported_error(accuracies, hp["median_of_last"]),
+        "error_last": 100.0 - accuracies[-1],
+        "error_best": 100.0 - max(accuracies),
+        "median_of_last": hp["median_of_last"],
+        "evaluations": len(accuracies),
+        "steps": steps,
+        "wall_time_s": wall_time,
+        "steps_per_s": (steps - 0) / wall_time if wall_time > 0 else float("nan"),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "mask_rate": mask_rates[-1] if mask_rates else None,
+        "pseudo_label_accuracy": pseudo_accuracies[-1] if pseudo_accuracies else None,
+        "split_sha256": data.split_sha256,
+        "dataset_sha256": data.dataset_sha256,
+    }
