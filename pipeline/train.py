@@ -36,7 +36,7 @@ def main() -> int:
                             args.out, stop=stop)
         except Interrupted as interrupted:
             print(f"error: {interrupted}", file=sys.stderr)
-            return 128 + interrupted.signum
+            return 128 + (interrupted.signum or 0)
     (args.out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     print(f"{run.key}: error {metrics['error']:.2f} % (median of last {metrics['median_of_last']}), "
           f"{metrics['steps_per_s']:.1f} steps/s")

@@ -45,19 +45,26 @@ class NonFiniteLoss(RuntimeError):
 
 
 class Interrupted(RuntimeError):
-    """Training stopped on a signal after writing a checkpoint."""
+    """Training stopped early on request after writing a checkpoint."""
 
-    def __init__(self, signum: int, step: int):
-        super().__init__(f"stopped by {signal.Signals(signum).name} at step {step}; checkpoint written, "
-                         "re-run the stage to resume")
+    def __init__(self, signum: int | None, step: int):
+        cause = signal.Signals(signum).name if signum is not None else "request"
+        super().__init__(f"stopped by {cause} at step {step}; checkpoint written, re-run the stage to resume")
         self.signum = signum
 
 
 @dataclass
 class StopRequest:
-    """Set by the signal handler; the loop checkpoints and stops at the next step boundary."""
+    """Why and when to stop early: a signal (set by the handler) or a step count.
+
+    The loop checkpoints and stops at the first step boundary where it is requested.
+    """
 
     signum: int | None = None
+    after_step: int | None = None
+
+    def requested(self, step: int) -> bool:
+        return self.signum is not None or (self.after_step is not None and step >= self.after_step)
 
 
 @contextmanager
@@ -183,19 +190,22 @@ class Window:
             self.first_bad_step >= 0, self.first_bad_step, marker)
         self.steps += 1
 
-    def read(self) -> dict[str, float]:
-        """Means over the window, read from the device once; raises on a non-finite loss."""
-        if not self.steps:
-            return {}
+    def check_finite(self) -> None:
+        """Raise :class:`NonFiniteLoss` naming the first step whose loss was NaN or infinite."""
         if self.first_bad_step is not None and int(self.first_bad_step) >= 0:
             raise NonFiniteLoss(f"the loss became non-finite at step {int(self.first_bad_step)}; "
                                 "stopping, the last good checkpoint is kept")
+
+    def read(self) -> dict[str, float]:
+        """Means over the window, read from the device once; raises on a non-finite loss."""
+        self.check_finite()
+        if not self.steps:
+            return {}
         sums = {name: float(value) for name, value in self.sums.items()}
         values = {f"train/{name}": sums[name] / self.steps for name in ("loss", "loss_x", "loss_u", "mask_rate")
                   if name in sums}
-        if "pseudo_label_count" in sums:
-            count = sums["pseudo_label_count"]
-            values["train/pseudo_label_accuracy"] = sums["pseudo_label_correct"] / count if count else float("nan")
+        if sums.get("pseudo_label_count"):  # accuracy of the confident pseudo-labels; undefined when none
+            values["train/pseudo_label_accuracy"] = sums["pseudo_label_correct"] / sums["pseudo_label_count"]
         self.sums, self.steps, self.first_bad_step = {}, 0, None
         return values
 
@@ -305,7 +315,7 @@ def train(params: dict, run: Run, data_dir: Path, split_path: Path, out_dir: Pat
             augmenter.update(policies, probabilities.gather(1, targets[:, None]).squeeze(1))
         window.add(step, logs)
 
-        if step % hp["log_every"] == 0 or step == steps or stop.signum is not None:
+        if step % hp["log_every"] == 0 or step == steps:
             values = window.read()
             values["train/lr"] = lr
             curves.log(step, values)
@@ -317,7 +327,8 @@ def train(params: dict, run: Run, data_dir: Path, split_path: Path, out_dir: Pat
             curves.log(step, {"eval/accuracy": value, "eval/error": 100.0 - value})
             bar.set_postfix(error=f"{100.0 - value:.2f}", refresh=False)
         bar.update(1)
-        if stop.signum is not None:
+        if stop.requested(step) and step != steps:
+            window.check_finite()
             checkpoint(step, finished=False)
             bar.close()
             raise Interrupted(stop.signum, step)

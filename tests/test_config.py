@@ -1,0 +1,69 @@
+import copy
+
+import pytest
+import yaml
+
+from fixmatch_bench.compose import compose
+from fixmatch_bench.config import ParamsError, expected_runs, validate_params
+from conftest import REPO
+
+
+def test_committed_params_are_the_composed_quick_suite(tmp_path):
+    """params.yaml is generated from conf/; it must not drift from it (regenerate with `make params`)."""
+    compose(tmp_path / "params.yaml", [], REPO / "conf")
+    assert yaml.safe_load((tmp_path / "params.yaml").read_text()) == yaml.safe_load((REPO / "params.yaml").read_text())
+
+
+def test_paper_suite_composes_and_validates(tmp_path):
+    compose(tmp_path / "params.yaml", ["suite=paper"], REPO / "conf")
+    params = yaml.safe_load((tmp_path / "params.yaml").read_text())
+    validate_params(params)
+    assert params["suite_name"] == "paper" and params["train"]["steps"] == 2**20
+    assert len(expected_runs(params)) == 10 * 3 * 5
+
+
+def test_expected_runs_of_the_quick_suite(params):
+    keys = [run.key for run in expected_runs(params)]
+    assert keys == [f"digits_20-{method}-{fold}" for method in ["supervised", *params["ssl_methods"]]
+                    for fold in params["folds"]]
+
+
+def _with(params: dict, key: str, value) -> dict:
+    changed = copy.deepcopy(params)
+    node = changed
+    *parents, last = key.split(".")
+    for part in parents:
+        node = node[part]
+    node[last] = value
+    return changed
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("threshold", 1.5, "invalid params: threshold = 1.5 (must be a number in [0.0, 1.0])"),
+    ("threshold", "high", "invalid params: threshold = 'high' (must be a number in [0.0, 1.0])"),
+    ("train.steps", -5, "invalid params: train.steps = -5 (must be an integer in [1, inf))"),
+    ("train.lr", 0, "invalid params: train.lr = 0 (must be a number in (0.0, inf))"),
+    ("train.ema", 1.2, "invalid params: train.ema = 1.2 (must be a number in [0.0, 1.0])"),
+    ("train.device", "tpu", "invalid params: train.device = 'tpu' (allowed: auto, cpu, cuda)"),
+    ("augment.impl", "dali", "invalid params: augment.impl = 'dali' (allowed: batched, reference)"),
+    ("train.checkpoint_every", 100, "invalid params: train.checkpoint_every = 100 (must be a multiple of train.log_every = 32)"),
+    ("data", ["imagenet"], "invalid params: data = 'imagenet' (allowed: cifar10, cifar100, digits, stl10, svhn)"),
+    ("cells", ["mnist_20"], "invalid params: cells: dataset of mnist_20 = 'mnist' (allowed: cifar10, cifar100, digits, stl10, svhn)"),
+    ("cells", ["digits_5000"], "invalid params: cells = 'digits_5000' (digits label count must be between 10 (one per class) and 1297 (the training set))"),
+    ("cells", ["digits_5"], "invalid params: cells = 'digits_5' (digits label count must be between 10 (one per class) and 1297 (the training set))"),
+    ("cells", ["digits-20"], "invalid params: cells = 'digits-20' (expected <dataset>_<labels>, e.g. cifar10_40)"),
+    ("cells", ["cifar10_40"], "invalid params: cells: dataset of cifar10_40 (must be listed in data) = 'cifar10' (allowed: digits)"),
+    ("ssl_methods", ["mixmatch"], "invalid params: ssl_methods = 'mixmatch' (allowed: fixmatch_cta, fixmatch_cta_da, fixmatch_ra)"),
+    ("ssl_methods", ["supervised"], "invalid params: ssl_methods = 'supervised' (allowed: fixmatch_cta, fixmatch_cta_da, fixmatch_ra)"),
+    ("folds", [0], "invalid params: folds = 0 (split seeds are integers >= 1 (seed 0 means unshuffled))"),
+    ("folds", [1, 1], "invalid params: folds = [1, 1] (a non-empty list of distinct positive integers (split seeds))"),
+    ("methods.fixmatch_ra.strong", "autoaugment", "invalid params: methods.fixmatch_ra.strong = 'autoaugment' (allowed: none, randaugment, ctaugment)"),
+])
+def test_each_bad_value_is_rejected_with_its_message(params, key, value, message):
+    with pytest.raises(ParamsError) as error:
+        validate_params(_with(params, key, value))
+    assert str(error.value) == message
+
+
+def test_the_committed_params_are_valid(params):
+    validate_params(params)

@@ -1,0 +1,27 @@
+import math
+
+import pytest
+from torch import nn
+
+from fixmatch_bench.optim import cosine_lr, make_optimizer, weight_decay_groups
+
+
+def test_cosine_schedule_of_the_official_code():
+    assert cosine_lr(0.03, 0, 2**20) == 0.03
+    assert cosine_lr(0.03, 2**19, 2**20) == pytest.approx(0.03 * math.cos(7 * math.pi / 32))
+    assert cosine_lr(0.03, 2**20, 2**20) == pytest.approx(0.005853, abs=1e-6)
+    assert cosine_lr(0.03, 2**21, 2**20) == cosine_lr(0.03, 2**20, 2**20)  # clipped
+
+
+def test_weight_decay_only_on_conv_and_linear_weights():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4, 2))
+    decayed, other = weight_decay_groups(model, 5e-4)
+    assert decayed["weight_decay"] == 5e-4 and other["weight_decay"] == 0
+    assert [p.shape for p in decayed["params"]] == [model[0].weight.shape, model[3].weight.shape]
+    assert len(other["params"]) == 4  # conv bias, BN gamma and beta, linear bias
+
+
+def test_optimizer_is_nesterov_sgd():
+    optimizer = make_optimizer(nn.Linear(2, 2), 0.03, 0.9, True, 5e-4)
+    assert optimizer.defaults["nesterov"] and optimizer.defaults["momentum"] == 0.9
+    assert optimizer.defaults["dampening"] == 0
