@@ -124,10 +124,10 @@ def test_all_reduce_under_a_real_process_group(tmp_path):
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        (dict(num_classes=3, p_data=torch.ones(4)), "p_data"),
-        (dict(num_classes=3, p_data=torch.tensor([1.0, -1.0, 1.0])), "p_data"),
-        (dict(num_classes=3, p_data=torch.zeros(3)), "p_data"),
-        (dict(num_classes=3, p_data=torch.ones(3), buffer_size=0), "buffer_size"),
+        ({"num_classes": 3, "p_data": torch.ones(4)}, "p_data"),
+        ({"num_classes": 3, "p_data": torch.tensor([1.0, -1.0, 1.0])}, "p_data"),
+        ({"num_classes": 3, "p_data": torch.zeros(3)}, "p_data"),
+        ({"num_classes": 3, "p_data": torch.ones(3), "buffer_size": 0}, "buffer_size"),
     ],
 )
 def test_bad_arguments_are_named(kwargs, match):

@@ -38,10 +38,10 @@ def tiny(**kwargs) -> WideResNet:
 @pytest.mark.parametrize(
     "kwargs, expected",
     [
-        (dict(num_classes=10, filters=32, scales=3), 1_469_642),  # WRN-28-2
-        (dict(num_classes=100, filters=128, scales=3), 23_409_092),  # WRN-28-8
-        (dict(num_classes=10, filters=32, scales=4), 5_933_770),  # "WRN-37-2", STL-10
-        (dict(num_classes=10, filters=32, scales=5), 23_774_922),  # auto scales at 96 px
+        ({"num_classes": 10, "filters": 32, "scales": 3}, 1_469_642),  # WRN-28-2
+        ({"num_classes": 100, "filters": 128, "scales": 3}, 23_409_092),  # WRN-28-8
+        ({"num_classes": 10, "filters": 32, "scales": 4}, 5_933_770),  # "WRN-37-2", STL-10
+        ({"num_classes": 10, "filters": 32, "scales": 5}, 23_774_922),  # auto scales at 96 px
     ],
 )
 def test_parameter_counts_match_the_official_graph(kwargs, expected):
@@ -87,7 +87,14 @@ def test_quick_suite_configuration_on_16px():
 
 @pytest.mark.parametrize(
     "size, kernel, stride, expected",
-    [(32, 3, 2, (0, 1)), (16, 3, 2, (0, 1)), (33, 3, 2, (1, 1)), (32, 3, 1, (1, 1)), (32, 1, 2, (0, 0)), (33, 1, 2, (0, 0))],
+    [
+        (32, 3, 2, (0, 1)),
+        (16, 3, 2, (0, 1)),
+        (33, 3, 2, (1, 1)),
+        (32, 3, 1, (1, 1)),
+        (32, 1, 2, (0, 0)),
+        (33, 1, 2, (0, 0)),
+    ],
 )
 def test_tf_same_padding_rule(size, kernel, stride, expected):
     assert tf_same_padding(size, kernel, stride) == expected
@@ -213,7 +220,10 @@ def test_shortcut_starts_from_activation_only_in_the_first_block():
             nn.init.uniform_(m.weight, 0.5, 2.0)
             nn.init.uniform_(m.bias, -0.5, 0.5)
     x = torch.randn(2, 16, 8, 8)
-    lrelu = lambda t: F.leaky_relu(t, 0.1)  # noqa: E731
+
+    def lrelu(t: torch.Tensor) -> torch.Tensor:
+        return F.leaky_relu(t, 0.1)
+
     with torch.no_grad():
         first, strided = model.blocks[0], model.blocks[2]
         h = lrelu(first.bn1(x))
@@ -259,14 +269,14 @@ def test_channels_last_and_full_graph_compile():
 @pytest.mark.parametrize(
     "kwargs, name",
     [
-        (dict(padding="same"), "padding"),
-        (dict(filters=0), "filters"),
-        (dict(scales=0), "scales"),
-        (dict(bn_momentum=1.5), "bn_momentum"),
-        (dict(num_classes=0), "num_classes"),
+        ({"padding": "same"}, "padding"),
+        ({"filters": 0}, "filters"),
+        ({"scales": 0}, "scales"),
+        ({"bn_momentum": 1.5}, "bn_momentum"),
+        ({"num_classes": 0}, "num_classes"),
     ],
 )
 def test_bad_arguments_are_named(kwargs, name):
-    args = dict(num_classes=10) | kwargs
+    args = {"num_classes": 10} | kwargs
     with pytest.raises(ValueError, match=name):
         WideResNet(**args)

@@ -50,15 +50,16 @@ class Conv2dSame(nn.Conv2d):
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int, padding: str):
-        self.pad_in_forward = padding == "tf" and stride > 1 and kernel_size > 1
+        pad_in_forward = padding == "tf" and stride > 1 and kernel_size > 1
         super().__init__(
             in_channels,
             out_channels,
             kernel_size,
             stride=stride,
-            padding=0 if self.pad_in_forward else kernel_size // 2,
+            padding=0 if pad_in_forward else kernel_size // 2,
             bias=True,
         )
+        self.pad_in_forward = pad_in_forward
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.pad_in_forward:
