@@ -167,7 +167,7 @@ def plot_error_curves(curves: Mapping[CurveKey, Mapping[int, Curve]], published:
         axes.grid(alpha=0.3)
         if axes.get_legend_handles_labels()[0]:
             axes.legend(fontsize="small")
-    return _save(figure, out)
+    return save_figure(figure, out)
 
 
 def plot_error_vs_labels(cells: Sequence[CellResult], published: Published, out: str | Path) -> Path:
@@ -202,7 +202,7 @@ def plot_error_vs_labels(cells: Sequence[CellResult], published: Published, out:
             axes.legend(fontsize="small")
         else:
             _empty(axes)
-    return _save(figure, out)
+    return save_figure(figure, out)
 
 
 def plot_training_signals(mask_rate: Mapping[CurveKey, Mapping[int, Curve]],
@@ -237,10 +237,11 @@ def plot_training_signals(mask_rate: Mapping[CurveKey, Mapping[int, Curve]],
             axes.set_ylabel(ylabel)
             axes.set_ylim(0, 100)
             axes.grid(alpha=0.3)
-    return _save(figure, out)
+    return save_figure(figure, out)
 
 
-def _save(figure: Figure, out: str | Path) -> Path:
+def save_figure(figure: Figure, out: str | Path) -> Path:
+    """Write ``figure`` as a PNG at :data:`DPI` (no tight bounding box: the pixel size stays fixed)."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(out, format="png", dpi=DPI)
