@@ -196,12 +196,13 @@ def summaries_from_metrics_diff(diff: Mapping[str, Any], target: str) -> tuple[d
     """(old, new) summaries from ``dvc metrics diff --json --all`` output.
 
     DVC prints ``{file: {dotted_key: {"old": x, "new": y, "diff": d}}}`` with nested keys
-    flattened to ``group.key`` and ``null`` where a side lacks the metric.
+    flattened to ``group.key`` and ``null`` where a side lacks the metric, in no fixed
+    order: keys are sorted so that reports are reproducible.
     """
     entries = diff.get(target, {})
     old: dict[str, Any] = {}
     new: dict[str, Any] = {}
-    for dotted, values in entries.items():
+    for dotted, values in sorted(entries.items()):
         group, _, key = dotted.partition(".")
         for side, summary in (("old", old), ("new", new)):
             value = values.get(side)
