@@ -5,7 +5,14 @@ from dataclasses import dataclass
 import pytest
 
 from fixmatch_bench.report.cells import (
-    ResultsError, aggregate_cells, collect_runs, cost_by_cell, cost_totals, load_run, run_dir_name, summary,
+    ResultsError,
+    aggregate_cells,
+    collect_runs,
+    cost_by_cell,
+    cost_totals,
+    load_run,
+    run_dir_name,
+    summary,
 )
 
 
@@ -37,7 +44,7 @@ def test_run_dir_name_matches_the_contract():
 def test_cells_carry_sample_std_missing_folds_and_completeness(tmp_path):
     ra = [Run("digits", 20, "fixmatch_ra", fold) for fold in (1, 2, 3)]
     sup = [Run("digits", 20, "supervised", fold) for fold in (1, 2, 3)]
-    for run, error in zip(ra, (1.0, 2.0, 3.0)):
+    for run, error in zip(ra, (1.0, 2.0, 3.0), strict=True):
         write_metrics(tmp_path, run, error, mask_rate=0.9, pseudo_label_accuracy=0.8)
     write_metrics(tmp_path, sup[0], 2.0)
     write_metrics(tmp_path, sup[2], 4.0)

@@ -8,8 +8,17 @@ import pytest
 
 from fixmatch_bench.report.cells import CellResult
 from fixmatch_bench.report.check import (
-    Reference, Tolerance, baseline_references, check_against_reference, compare_revisions, load_summary, main,
-    paper_references, report, summaries_from_metrics_diff, write_baseline,
+    Reference,
+    Tolerance,
+    baseline_references,
+    check_against_reference,
+    compare_revisions,
+    load_summary,
+    main,
+    paper_references,
+    report,
+    summaries_from_metrics_diff,
+    write_baseline,
 )
 from fixmatch_bench.report.published import load_published
 

@@ -7,7 +7,13 @@ from PIL import Image
 
 from fixmatch_bench.report.cells import CellResult, run_dir_name
 from fixmatch_bench.report.plots import (
-    Curve, figure_size_px, fold_band, load_curves, plot_error_curves, plot_error_vs_labels, plot_training_signals,
+    Curve,
+    figure_size_px,
+    fold_band,
+    load_curves,
+    plot_error_curves,
+    plot_error_vs_labels,
+    plot_training_signals,
     read_curve,
 )
 from fixmatch_bench.report.published import load_published

@@ -6,8 +6,14 @@ from pathlib import Path
 from fixmatch_bench.report.cells import CellResult, RunResult
 from fixmatch_bench.report.published import parse_published
 from fixmatch_bench.report.tables import (
-    format_measured, format_published, latex_escape, render_cost_csv, render_cost_markdown, render_csv,
-    render_latex, render_markdown,
+    format_measured,
+    format_published,
+    latex_escape,
+    render_cost_csv,
+    render_cost_markdown,
+    render_csv,
+    render_latex,
+    render_markdown,
 )
 
 GOLDEN = Path(__file__).parent / "golden"

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Protocol, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -175,7 +176,8 @@ def aggregate_cells(collected: Sequence[tuple[RunLike, RunResult | None]]) -> li
     for (dataset, labels, method), members in groups.items():
         folds = tuple(run.fold for run, _ in members)
         if len(set(folds)) != len(folds):
-            raise ValueError(f"expected runs: fold list {folds} of {cell_method_key(dataset, labels, method)} repeats a fold")
+            key = cell_method_key(dataset, labels, method)
+            raise ValueError(f"expected runs: fold list {folds} of {key} repeats a fold")
         done = [result for _, result in members if result is not None]
         cells.append(CellResult(
             dataset, labels, method,

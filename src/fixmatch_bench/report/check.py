@@ -25,9 +25,10 @@ import math
 import os
 import subprocess
 import sys
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from fixmatch_bench.report.cells import CellResult
 from fixmatch_bench.report.published import Published
@@ -120,7 +121,8 @@ def check_against_reference(cells: Sequence[CellResult], reference: Mapping[str,
 def report(results: Sequence[CheckResult]) -> tuple[str, int]:
     """The lines to print (failing and incomplete cells, then a count) and the exit code (1 if any)."""
     bad = [result for result in results if result.status in ("fail", "incomplete")]
-    counts = {status: sum(r.status == status for r in results) for status in ("pass", "fail", "incomplete", "unchecked")}
+    counts = {status: sum(r.status == status for r in results)
+              for status in ("pass", "fail", "incomplete", "unchecked")}
     lines = [result.line() for result in bad]
     unchecked = [result.key for result in results if result.status == "unchecked"]
     summary = ", ".join(f"{n} {status}" for status, n in counts.items())

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import csv
 import math
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 from matplotlib.axes import Axes
@@ -180,14 +180,15 @@ def plot_error_vs_labels(cells: Sequence[CellResult], published: Published, out:
         mine = [cell for cell in cells if cell.dataset == dataset]
         for method in dict.fromkeys(cell.method for cell in mine):
             name = published.names.method(method)
-            measured = sorted((c.labels, c.mean, c.std or 0.0) for c in mine if c.method == method and c.mean is not None)
+            measured = sorted((c.labels, c.mean, c.std or 0.0)
+                              for c in mine if c.method == method and c.mean is not None)
             if measured:
-                x, y, err = zip(*measured)
+                x, y, err = zip(*measured, strict=True)
                 axes.errorbar(x, y, yerr=err, color=colors[method], marker="o", capsize=3, label=f"{name} (ours)")
             paper = sorted((c.labels, r.mean, r.std or 0.0) for c in mine if c.method == method
                            for r in [published.get(c.cell, method)] if r is not None)
             if paper:
-                x, y, err = zip(*paper)
+                x, y, err = zip(*paper, strict=True)
                 axes.errorbar(x, y, yerr=err, color=colors[method], marker="s", markerfacecolor="none",
                               linestyle=":", capsize=3, label=f"{name} (paper)")
         labels = sorted({cell.labels for cell in mine})

@@ -10,9 +10,10 @@ rather than given a number.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 
@@ -180,7 +181,8 @@ def parse_published(data: Any) -> Published:
     for index, result in enumerate(results):
         key = (result.cell, result.method)
         if key in seen:
-            _fail(f"results[{index}]", "dataset/labels/method", key, f"a cell and method not already given by results[{seen[key]}]")
+            _fail(f"results[{index}]", "dataset/labels/method", key,
+                  f"a cell and method not already given by results[{seen[key]}]")
         seen[key] = index
     not_retrieved = _parse_not_retrieved(data.get("not_retrieved", []))
     for key in not_retrieved:

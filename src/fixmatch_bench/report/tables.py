@@ -11,10 +11,18 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
-from fixmatch_bench.report.cells import CellResult, CostTotals, RunLike, RunResult, cost_by_cell, cost_totals, run_dir_name
+from fixmatch_bench.report.cells import (
+    CellResult,
+    CostTotals,
+    RunLike,
+    RunResult,
+    cost_by_cell,
+    cost_totals,
+    run_dir_name,
+)
 from fixmatch_bench.report.published import Published, PublishedResult, cell_id
 
 NONE = "—"
@@ -47,6 +55,10 @@ class _Group:
     reference_methods: tuple[str, ...]
 
 
+def _has_paper_entry(published: Published, cell: str, method: str) -> bool:
+    return published.get(cell, method) is not None or published.is_not_retrieved(cell, method)
+
+
 def _groups(cells: Sequence[CellResult], published: Published) -> list[_Group]:
     """Dataset groups in order of first appearance; paper columns where the paper has the cell."""
     datasets = list(dict.fromkeys(cell.dataset for cell in cells))
@@ -59,10 +71,8 @@ def _groups(cells: Sequence[CellResult], published: Published) -> list[_Group]:
             result.method for result in published.results
             if result.dataset == dataset and result.labels in labels and result.method not in methods))
         rows = methods + reference
-        columns = tuple(
-            _Column(dataset, n, any(published.get(cell_id(dataset, n), m) or published.is_not_retrieved(cell_id(dataset, n), m)
-                                    for m in rows))
-            for n in labels)
+        columns = tuple(_Column(dataset, n, any(_has_paper_entry(published, cell_id(dataset, n), m) for m in rows))
+                        for n in labels)
         groups.append(_Group(dataset, columns, methods, reference))
     return groups
 
@@ -130,7 +140,8 @@ def _notes(cells: Sequence[CellResult], published: Published, with_paper: bool) 
     if with_paper:
         notes.append(
             "paper = Sohn et al. 2020, mean ± std over 5 folds (std type not stated in the paper), "
-            f"from secondary sources (reports/published.yaml); {UNCONFIRMED_MARK} = unconfirmed, check against the paper; "
+            "as transcribed with each number's sources and confidence in reports/published.yaml; "
+            f"{UNCONFIRMED_MARK} = unconfirmed, check against the paper; "
             "n/r = reported in the paper but not retrieved. Δ = ours − paper. "
             "Rows without measured values are the paper's other methods, for reference.")
     for cell in cells:
