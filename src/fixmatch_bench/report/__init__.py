@@ -1,0 +1,1 @@
+"""Reports: published numbers, aggregation of runs, tables, plots and regression checks."""

@@ -1,0 +1,259 @@
+"""Regression checks: measured cells against a reference, and one revision against another.
+
+- Paper suites: the reference is the published mean and the tolerance
+  ``max(k × published std, floor)`` (the floor alone when the paper gives no std).
+- Quick suite: the reference is a baseline file the pipeline wrote itself
+  (:func:`write_baseline`, never edited by hand), with the floor as tolerance.
+- A cell with fewer finished folds than expected is ``incomplete``, never ``pass``.
+
+The reference check is two-sided: the suite checks reproduction, and an error far
+*below* the reference points to a protocol deviation (e.g. best-checkpoint
+reporting) as surely as one far above. The revision check is one-sided: it fails
+when the error rose by more than the tolerance.
+
+CLI::
+
+    python -m fixmatch_bench.report.check --against-rev REV --tolerance T [--summary reports/summary.json]
+    python -m fixmatch_bench.report.check --write-baseline reports/baseline/quick.json [--summary reports/summary.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fixmatch_bench.report.cells import CellResult
+from fixmatch_bench.report.published import Published
+
+SUMMARY_FILE = "reports/summary.json"
+FOLDS_MISSING = "folds_missing"
+
+
+@dataclass(frozen=True)
+class Reference:
+    """Expected error (%) of a cell × method; ``std`` is ``None`` when the source gives none."""
+
+    mean: float
+    std: float | None
+    source: str
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """Allowed |measured − reference| = max(k × reference std, floor); the floor when there is no std."""
+
+    k: float
+    floor: float
+
+    def __post_init__(self) -> None:
+        for name in ("k", "floor"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise ValueError(f"tolerance {name} = {value!r} is invalid; expected a finite number >= 0")
+
+    def for_reference(self, reference: Reference) -> float:
+        return self.floor if reference.std is None else max(self.k * reference.std, self.floor)
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """Outcome for one cell × method: ``pass``, ``fail``, ``incomplete`` or ``unchecked`` (no reference)."""
+
+    key: str
+    status: str
+    measured: float | None
+    reference: Reference | None
+    tolerance: float | None
+    folds_done: int | None = None
+    folds_expected: int | None = None
+    missing_folds: tuple[int, ...] = ()
+
+    def line(self) -> str:
+        measured = "none" if self.measured is None else f"{self.measured:.2f}"
+        text = f"{self.status.upper():<10} {self.key}: measured {measured}"
+        if self.reference is not None:
+            text += (f", reference {self.reference.mean:.2f} ({self.reference.source}), "
+                     f"tolerance {self.tolerance:.2f}")
+        if self.folds_expected is not None:
+            text += f", folds {self.folds_done}/{self.folds_expected}"
+        if self.missing_folds:
+            text += f" (missing {', '.join(str(fold) for fold in self.missing_folds)})"
+        return text
+
+
+def paper_references(published: Published) -> dict[str, Reference]:
+    """Published means keyed ``<cell>-<method>``, the source naming the confidence."""
+    return {f"{result.cell}-{result.method}": Reference(result.mean, result.std, f"paper, {result.confidence}")
+            for result in published.results}
+
+
+def baseline_references(baseline: Mapping[str, Any]) -> dict[str, Reference]:
+    """A baseline summary's errors as references without std (the tolerance is the floor)."""
+    return {key: Reference(float(value), None, "baseline") for key, value in error_means(baseline).items()}
+
+
+def check_against_reference(cells: Sequence[CellResult], reference: Mapping[str, Reference],
+                            tolerance: Tolerance) -> list[CheckResult]:
+    """One result per cell, in order; incomplete cells are never ``pass``."""
+    results = []
+    for cell in cells:
+        ref = reference.get(cell.key)
+        allowed = None if ref is None else tolerance.for_reference(ref)
+        if ref is None:
+            status = "unchecked"
+        elif not cell.complete:
+            status = "incomplete"
+        else:
+            status = "pass" if abs(cell.mean - ref.mean) <= allowed else "fail"
+        results.append(CheckResult(cell.key, status, cell.mean, ref, allowed, cell.folds_done,
+                                   len(cell.folds_expected), cell.missing_folds))
+    return results
+
+
+def report(results: Sequence[CheckResult]) -> tuple[str, int]:
+    """The lines to print (failing and incomplete cells, then a count) and the exit code (1 if any)."""
+    bad = [result for result in results if result.status in ("fail", "incomplete")]
+    counts = {status: sum(r.status == status for r in results)
+              for status in ("pass", "fail", "incomplete", "unchecked")}
+    lines = [result.line() for result in bad]
+    unchecked = [result.key for result in results if result.status == "unchecked"]
+    summary = ", ".join(f"{n} {status}" for status, n in counts.items())
+    lines.append(f"{summary}" + (f" (no reference: {', '.join(unchecked)})" if unchecked else ""))
+    return "\n".join(lines), 1 if bad else 0
+
+
+def error_means(summary: Mapping[str, Any]) -> dict[str, float]:
+    """The summary's top-level numbers: mean error (%) per ``<cell>-<method>``."""
+    return {key: float(value) for key, value in summary.items()
+            if isinstance(value, (int, float)) and not isinstance(value, bool)}
+
+
+def validate_summary(summary: Any, where: str) -> dict[str, Any]:
+    """Check the summary shape: top-level numbers plus groups of numbers (``folds_missing``, ...)."""
+    if not isinstance(summary, dict):
+        raise ValueError(f"{where}: expected a JSON object, got {type(summary).__name__}")
+    for key, value in summary.items():
+        values = value.values() if isinstance(value, dict) else [value]
+        for item in values:
+            if not isinstance(item, (int, float)) or isinstance(item, bool) or not math.isfinite(item):
+                raise ValueError(f"{where}: key {key!r} holds {value!r}; expected a number or a mapping of numbers")
+    return summary
+
+
+def load_summary(path: str | Path) -> dict[str, Any]:
+    """Read and validate a summary (or baseline) JSON file."""
+    with open(path, encoding="utf-8") as handle:
+        return validate_summary(json.load(handle), str(path))
+
+
+def write_baseline(summary: Mapping[str, Any], path: str | Path) -> Path:
+    """Write the quick-suite baseline from a complete summary; refuses an incomplete one."""
+    validate_summary(dict(summary), "summary")
+    missing = {key: n for key, n in (summary.get(FOLDS_MISSING) or {}).items() if n}
+    no_error = [key for key in summary.get(FOLDS_MISSING) or {} if key not in summary]
+    if missing or no_error or not error_means(summary):
+        raise ValueError(f"summary: a baseline needs every cell complete; folds missing: {missing or 'none'}, "
+                         f"cells without an error: {no_error or 'none'}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return path
+
+
+def compare_revisions(old_summary: Mapping[str, Any], new_summary: Mapping[str, Any],
+                      tolerance: float) -> list[CheckResult]:
+    """Every old cell: ``fail`` if its error rose by more than ``tolerance`` or it is gone from the
+    new summary, ``incomplete`` if it lost folds, else ``pass``; cells only in the new summary are
+    ``unchecked``."""
+    if not math.isfinite(tolerance) or tolerance < 0:
+        raise ValueError(f"tolerance = {tolerance!r} is invalid; expected a finite number >= 0")
+    old, new = error_means(old_summary), error_means(new_summary)
+    old_missing = old_summary.get(FOLDS_MISSING) or {}
+    new_missing = new_summary.get(FOLDS_MISSING) or {}
+    results = []
+    for key, before in old.items():
+        ref = Reference(before, None, "old revision")
+        after = new.get(key)
+        lost = int(new_missing.get(key, 0)) > int(old_missing.get(key, 0))
+        if after is None:
+            status = "fail"
+        elif lost:
+            status = "incomplete"
+        else:
+            status = "fail" if after - before > tolerance else "pass"
+        results.append(CheckResult(key, status, after, ref, tolerance))
+    results += [CheckResult(key, "unchecked", value, None, None) for key, value in new.items() if key not in old]
+    return results
+
+
+def summaries_from_metrics_diff(diff: Mapping[str, Any], target: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(old, new) summaries from ``dvc metrics diff --json --all`` output.
+
+    DVC prints ``{file: {dotted_key: {"old": x, "new": y, "diff": d}}}`` with nested keys
+    flattened to ``group.key`` and ``null`` where a side lacks the metric, in no fixed
+    order: keys are sorted so that reports are reproducible.
+    """
+    entries = diff.get(target, {})
+    old: dict[str, Any] = {}
+    new: dict[str, Any] = {}
+    for dotted, values in sorted(entries.items()):
+        group, _, key = dotted.partition(".")
+        for side, summary in (("old", old), ("new", new)):
+            value = values.get(side)
+            if value is None:
+                continue
+            if key:
+                summary.setdefault(group, {})[key] = value
+            else:
+                summary[group] = value
+    return old, new
+
+
+def summaries_at_revision(rev: str, target: str, repo: str | Path = ".") -> tuple[dict[str, Any], dict[str, Any]]:
+    """(summary at ``rev``, summary in the workspace) through ``dvc metrics diff``."""
+    command = [sys.executable, "-m", "dvc", "metrics", "diff", rev, "--targets", target, "--json", "--all"]
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
+    done = subprocess.run(command, cwd=repo, capture_output=True, text=True, env=env, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"`dvc metrics diff {rev}` failed ({done.returncode}): {done.stderr.strip()}")
+    old, new = summaries_from_metrics_diff(json.loads(done.stdout or "{}"), target)
+    if not error_means(old):
+        raise RuntimeError(f"revision {rev!r} has no error metrics in {target}")
+    return old, new
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Regression checks of the summary metrics.")
+    action = parser.add_mutually_exclusive_group(required=True)
+    action.add_argument("--against-rev", metavar="REV", help="fail if an error rose by more than --tolerance since REV")
+    action.add_argument("--write-baseline", metavar="PATH", help="write the quick-suite baseline from --summary")
+    parser.add_argument("--summary", default=SUMMARY_FILE, help=f"summary metrics file (default: {SUMMARY_FILE})")
+    parser.add_argument("--tolerance", type=float, help="allowed rise of an error, in points (--against-rev)")
+    parser.add_argument("--repo", default=".", help="DVC repository root (default: .)")
+    args = parser.parse_args(argv)
+    try:
+        if args.write_baseline:
+            path = write_baseline(load_summary(Path(args.repo) / args.summary), Path(args.repo) / args.write_baseline)
+            print(f"wrote {path}")
+            return 0
+        if args.tolerance is None:
+            parser.error("--against-rev needs --tolerance")
+        old, new = summaries_at_revision(args.against_rev, args.summary, args.repo)
+        text, code = report(compare_revisions(old, new, args.tolerance))
+    except (OSError, ValueError, RuntimeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(text)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,105 @@
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fixmatch_bench.report.ablation import error_keys, experiment_points, flatten, main, plot_threshold_ablation
+
+ENV = {**os.environ, "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
+       "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+
+
+def sh(repo, *command):
+    return subprocess.run(command, cwd=repo, env=ENV, check=True, capture_output=True, text=True).stdout
+
+
+def dvc(repo, *args):
+    return sh(repo, sys.executable, "-m", "dvc", *args)
+
+
+@pytest.fixture(scope="module")
+def exp_show(tmp_path_factory):
+    """`dvc exp show --json` of a real repo: a baseline at threshold 0.95 and experiments at 0.8 and 0.5."""
+    repo = tmp_path_factory.mktemp("ablation_repo")
+    (repo / "params.yaml").write_text("threshold: 0.95\n")
+    (repo / "train.py").write_text(textwrap.dedent("""\
+        import json, os, yaml
+        t = yaml.safe_load(open("params.yaml"))["threshold"]
+        os.makedirs("reports", exist_ok=True)
+        json.dump({"digits_20-fixmatch_ra": round(10 - 5 * t, 4), "digits_20-supervised": 30.0,
+                   "folds_missing": {"digits_20-fixmatch_ra": 0, "digits_20-supervised": 0},
+                   "mask_rate": {"digits_20-fixmatch_ra": t / 2}}, open("reports/summary.json", "w"))
+        """))
+    (repo / "dvc.yaml").write_text(textwrap.dedent(f"""\
+        stages:
+          train:
+            cmd: {sys.executable} train.py
+            deps:
+              - train.py
+            params:
+              - threshold
+            metrics:
+              - reports/summary.json:
+                  cache: false
+        """))
+    sh(repo, "git", "init", "-q")
+    dvc(repo, "init", "-q")
+    dvc(repo, "repro", "-q")
+    sh(repo, "git", "add", "-A")
+    sh(repo, "git", "commit", "-qm", "baseline")
+    dvc(repo, "exp", "run", "-q", "-S", "threshold=0.8")
+    dvc(repo, "exp", "run", "-q", "-S", "threshold=0.5", "-n", "low")
+    return json.loads(dvc(repo, "exp", "show", "--json"))
+
+
+def test_points_from_real_exp_show(exp_show):
+    points = experiment_points(exp_show)
+    # workspace (= the last experiment, kept once), the baseline commit, two experiments
+    assert sorted(point.value for point in points) == [0.5, 0.8, 0.95]
+    by_value = {point.value: point for point in points}
+    assert by_value[0.8].metrics["digits_20-fixmatch_ra"] == 6.0
+    assert by_value[0.5].metrics["mask_rate.digits_20-fixmatch_ra"] == 0.25
+    assert error_keys(points) == ["digits_20-fixmatch_ra", "digits_20-supervised"]
+
+
+def test_failed_and_foreign_rows_are_skipped():
+    row = {"rev": "abc1234567", "name": None, "error": None, "experiments": [
+        {"revs": [{"rev": "f", "name": "failed", "error": {"msg": "boom"}, "data": None, "experiments": None}]},
+        {"revs": [{"rev": "q", "name": "other-file", "error": None, "experiments": None, "data": {
+            "params": {"params.yaml": {"data": {"threshold": 0.7}}}, "metrics": {"other.json": {"data": {"x": 1}}}}}]},
+    ], "data": {"params": {"params.yaml": {"data": {"train": {"threshold": 0.9}}}},
+                "metrics": {"reports/summary.json": {"data": {"a_1-m": 3.0}}}}}
+    assert experiment_points([row]) == []  # the nested param is not `threshold`
+    points = experiment_points([row], param="train.threshold")
+    assert [(point.name, point.value, dict(point.metrics)) for point in points] == [("abc1234", 0.9, {"a_1-m": 3.0})]
+
+
+def test_flatten_uses_dotted_keys():
+    assert flatten({"a": 1, "g": {"b": 2.5, "c": True}}) == {"a": 1.0, "g.b": 2.5}
+
+
+def test_plot_and_cli(exp_show, tmp_path, capsys):
+    out = plot_threshold_ablation(experiment_points(exp_show), tmp_path / "threshold.png")
+    image = Image.open(out)
+    assert image.size == (960, 360)  # error and mask-rate panels
+    assert np.asarray(image.convert("RGB"), dtype=float).std() > 10
+    source = tmp_path / "exp.json"
+    source.write_text(json.dumps(exp_show))
+    assert main(["--exp-show-json", str(source), "--out", str(tmp_path / "cli.png"),
+                 "--metric", "digits_20-supervised"]) == 0
+    assert Image.open(tmp_path / "cli.png").size == (480, 360)  # the supervised key has no mask rate
+    assert main(["--exp-show-json", str(source), "--out", str(tmp_path / "x.png"), "--metric", "nope"]) == 2
+    assert "metric 'nope' is in no experiment" in capsys.readouterr().err
+
+
+def test_cli_reads_stdin(exp_show, tmp_path):
+    done = subprocess.run([sys.executable, "-m", "fixmatch_bench.report.ablation", "--exp-show-json", "-",
+                           "--out", str(tmp_path / "stdin.png")], input=json.dumps(exp_show), text=True,
+                          capture_output=True, env=ENV, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "3 experiments" in done.stdout
