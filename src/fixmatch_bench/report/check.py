@@ -118,6 +118,33 @@ def check_against_reference(cells: Sequence[CellResult], reference: Mapping[str,
     return results
 
 
+def check_ratio_to_supervised(cells: Sequence[CellResult], max_ratio: float) -> list[CheckResult]:
+    """Each semi-supervised method at each dataset's smallest label count against the supervised baseline.
+
+    ``pass`` when its mean error is at most ``max_ratio`` times the supervised-only mean
+    error of the same cell; ``incomplete`` when either side is missing folds.
+    """
+    by_key = {cell.key: cell for cell in cells}
+    smallest: dict[str, int] = {}
+    for cell in cells:
+        smallest[cell.dataset] = min(cell.labels, smallest.get(cell.dataset, cell.labels))
+    results = []
+    for cell in cells:
+        if cell.method == "supervised" or cell.labels != smallest[cell.dataset]:
+            continue
+        baseline = by_key.get(f"{cell.dataset}_{cell.labels}-supervised")
+        complete = cell.complete and baseline is not None and baseline.complete
+        reference = None if baseline is None or baseline.mean is None else Reference(
+            baseline.mean * max_ratio, None, f"{max_ratio:.3g} x supervised-only")
+        if not complete or reference is None:
+            status = "incomplete"
+        else:
+            status = "pass" if cell.mean <= reference.mean else "fail"
+        results.append(CheckResult(f"{cell.key} vs supervised", status, cell.mean, reference, 0.0,
+                                   cell.folds_done, len(cell.folds_expected), cell.missing_folds))
+    return results
+
+
 def report(results: Sequence[CheckResult]) -> tuple[str, int]:
     """The lines to print (failing and incomplete cells, then a count) and the exit code (1 if any)."""
     bad = [result for result in results if result.status in ("fail", "incomplete")]

@@ -1,0 +1,50 @@
+"""DVC stage `check`: fail if the suite's table regressed against its reference.
+
+Paper suite: every cell against the published number, within
+max(check.std_factor x published std, check.floor). Quick suite: every cell
+against the committed baseline reports/baseline/quick.json (written only by
+`make baseline`), and each semi-supervised method at the smallest label count
+must reach at most check.max_ratio_to_supervised of the supervised-only error.
+Cells with fewer finished folds than the params ask for are incomplete, not passed.
+"""
+
+import argparse
+from pathlib import Path
+
+from fixmatch_bench.config import expected_runs, load_params
+from fixmatch_bench.report.cells import aggregate_cells, collect_runs
+from fixmatch_bench.report.check import (Tolerance, baseline_references, check_against_reference,
+                                         check_ratio_to_supervised, load_summary, paper_references, report)
+from fixmatch_bench.report.published import load_published
+from fixmatch_bench.stage import run_stage
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--results", type=Path, default=Path("results"))
+    parser.add_argument("--published", type=Path, default=Path("reports/published.yaml"))
+    parser.add_argument("--baselines", type=Path, default=Path("reports/baseline"))
+    parser.add_argument("--out", type=Path, default=Path("reports/check.txt"))
+    args = parser.parse_args()
+    params = load_params(args.params)
+    check = params["check"]
+    cells = aggregate_cells(collect_runs(expected_runs(params), args.results))
+    tolerance = Tolerance(check["std_factor"], check["floor"])
+    if params["suite_name"] == "paper":
+        results = check_against_reference(cells, paper_references(load_published(args.published)), tolerance)
+    else:
+        baseline = args.baselines / f"{params['suite_name']}.json"
+        if not baseline.exists():
+            raise FileNotFoundError(f"no baseline {baseline} for suite {params['suite_name']!r}; "
+                                    "create it from a finished run with `make baseline`")
+        results = check_against_reference(cells, baseline_references(load_summary(baseline)), tolerance)
+        results += check_ratio_to_supervised(cells, check["max_ratio_to_supervised"])
+    text, code = report(results)
+    args.out.write_text(text + "\n")
+    print(text)
+    return code
+
+
+if __name__ == "__main__":
+    run_stage(main)
