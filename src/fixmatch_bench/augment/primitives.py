@@ -40,6 +40,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import IntEnum
 
+import torch
+from torch import Tensor
+
 NUM_ARGS = 3
 
 
@@ -93,3 +96,13 @@ class Fill:
             value = getattr(self, name)
             if not 0 <= value <= 255:
                 raise ValueError(f"Fill.{name} must be an intensity in 0..255, got {value!r}")
+
+
+def cutout_step(n: int, height: int, width: int, side: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """A CUTOUT step of ``side`` px with a centre uniform over the image ([n, 1] ops, [n, 1, 3] args)."""
+    device = generator.device
+    rows = torch.randint(0, height, (n,), generator=generator, device=device)
+    cols = torch.randint(0, width, (n,), generator=generator, device=device)
+    args = torch.stack([torch.full((n,), side, device=device), rows, cols], dim=1).to(torch.float64)
+    ops = torch.full((n, 1), int(Op.CUTOUT), dtype=torch.int64, device=device)
+    return ops, args.unsqueeze(1)

@@ -38,7 +38,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .primitives import NUM_ARGS, Fill, Op
+from .primitives import NUM_ARGS, Fill, Op, cutout_step
 
 GRAY = 128
 RA_FILL = Fill(geometric=GRAY, cutout=GRAY)
@@ -105,16 +105,6 @@ def resolve(op: Tensor, level: Tensor, negate: Tensor) -> tuple[Tensor, Tensor]:
     args = torch.zeros(op.shape + (NUM_ARGS,), dtype=torch.float64, device=op.device)
     args[..., 0] = value
     return primitive[op], args
-
-
-def cutout_step(n: int, height: int, width: int, side: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-    """A CUTOUT step of ``side`` px with a centre uniform over the image ([n, 1] ops, [n, 1, 3] args)."""
-    device = generator.device
-    rows = torch.randint(0, height, (n,), generator=generator, device=device)
-    cols = torch.randint(0, width, (n,), generator=generator, device=device)
-    args = torch.stack([torch.full((n,), side, device=device), rows, cols], dim=1).to(torch.float64)
-    ops = torch.full((n, 1), int(Op.CUTOUT), dtype=torch.int64, device=device)
-    return ops, args.unsqueeze(1)
 
 
 def sample_steps(n: int, height: int, width: int, cutout: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
