@@ -1,0 +1,219 @@
+"""FixMatch augmentations on uint8 [N, C, H, W] tensors: weak, RandAugment, CTAugment.
+
+``make_augmenter`` is the entry point. Every random decision is drawn from the
+``torch.Generator`` passed in (on the images' device), in a fixed order, and
+resolved into explicit per-image primitive steps (:mod:`.primitives`) that
+either backend applies:
+
+- ``impl="batched"``: :mod:`.tensor_ops`, per-sample tensor ops on CPU or CUDA;
+- ``impl="reference"``: :mod:`.pil_ops`, per-image PIL, CPU only.
+
+Both draw identically, so with the same generator state they produce the
+same augmentation (pixel for pixel, up to the rounding differences measured
+in ``tests/test_augment_equivalence.py``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from . import pil_ops, randaugment, tensor_ops
+from .ctaugment import CTA_FILL, CTAugment, cutout_side
+from .primitives import Fill, cutout_step
+from .weak import check_translate, sample_weak
+
+STRONG_KINDS = ("randaugment", "ctaugment", "none")
+IMPLS = ("batched", "reference")
+
+
+class Augmenter:
+    """Weak and strong views for one configuration; see :func:`make_augmenter`."""
+
+    def __init__(self, strong: str, impl: str, flip: bool, translate: int, cutout: int) -> None:
+        self.strong_kind = strong
+        self.impl = impl
+        self.flip = flip
+        self.translate = translate
+        self.cutout = cutout
+
+    # ------------------------------------------------------------ plumbing
+
+    def _check(self, images: Tensor, generator: torch.Generator) -> None:
+        tensor_ops.check_images(images)
+        if not isinstance(generator, torch.Generator):
+            raise ValueError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+        if self.impl == "reference" and (images.device.type != "cpu" or generator.device.type != "cpu"):
+            raise ValueError(
+                f"impl='reference' needs CPU images and a CPU generator, got {images.device} and {generator.device}"
+            )
+        if generator.device.type != images.device.type:
+            raise ValueError(f"generator must be on the images' device {images.device}, got {generator.device}")
+        check_translate(self.translate, images.shape[2], images.shape[3])
+
+    def _apply(self, images: Tensor, ops: Tensor, args: Tensor, fill: Fill) -> Tensor:
+        backend = tensor_ops if self.impl == "batched" else pil_ops
+        return backend.apply_steps(images, ops, args, fill)
+
+    def _weak(self, images: Tensor, generator: torch.Generator) -> Tensor:
+        params = sample_weak(images.shape[0], self.flip, self.translate, generator)
+        backend = tensor_ops if self.impl == "batched" else pil_ops
+        return backend.flip_shift(images, params.flip, params.shift_y, params.shift_x)
+
+    def _strong_steps(self, n: int, height: int, width: int, generator: torch.Generator) -> tuple[Tensor, Tensor, Fill]:
+        """The strong policy (after the weak view) as primitive steps, and its fill."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------ public API
+
+    def weak(self, images: Tensor, generator: torch.Generator) -> Tensor:
+        """Weak view: flip (p = 0.5, if ``flip``) + reflect-pad shift up to ``translate`` px."""
+        self._check(images, generator)
+        return self._weak(images, generator)
+
+    def strong(self, images: Tensor, generator: torch.Generator) -> Tensor:
+        """Strong view: an independent weak view, then the policy, then cutout."""
+        self._check(images, generator)
+        weak = self._weak(images, generator)
+        n, _, height, width = weak.shape
+        ops, args, fill = self._strong_steps(n, height, width, generator)
+        return self._apply(weak, ops, args, fill)
+
+    def probe(self, images: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        """CTAugment only; raises RuntimeError for the other kinds."""
+        raise RuntimeError(f"probe() is only defined for strong='ctaugment', this augmenter is {self.strong_kind!r}")
+
+    def update(self, policies: Tensor, p_true: Tensor) -> None:
+        """CTAugment only; raises RuntimeError for the other kinds."""
+        raise RuntimeError(f"update() is only defined for strong='ctaugment', this augmenter is {self.strong_kind!r}")
+
+    def state_dict(self) -> dict[str, Any]:
+        """Stateless kinds: an empty dict."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Stateless kinds accept only an empty dict."""
+        if state:
+            raise ValueError(f"strong={self.strong_kind!r} is stateless; expected an empty state, got keys {sorted(state)}")
+
+
+class NoStrongAugmenter(Augmenter):
+    """``strong="none"``: the strong view is an independent weak view (+ cutout if > 0)."""
+
+    def _strong_steps(self, n: int, height: int, width: int, generator: torch.Generator) -> tuple[Tensor, Tensor, Fill]:
+        device = generator.device
+        if self.cutout > 0:
+            ops, args = cutout_step(n, height, width, self.cutout, generator)
+        else:
+            ops = torch.zeros((n, 0), dtype=torch.int64, device=device)
+            args = torch.zeros((n, 0, 3), dtype=torch.float64, device=device)
+        return ops, args, randaugment.RA_FILL
+
+
+class RandAugmenter(Augmenter):
+    """``strong="randaugment"``: the official ``rac`` policy (:mod:`.randaugment`)."""
+
+    def _strong_steps(self, n: int, height: int, width: int, generator: torch.Generator) -> tuple[Tensor, Tensor, Fill]:
+        ops, args = randaugment.sample_steps(n, height, width, self.cutout, generator)
+        return ops, args, randaugment.RA_FILL
+
+
+class CTAugmenter(Augmenter):
+    """``strong="ctaugment"``: :class:`.ctaugment.CTAugment` (stateful: rates)."""
+
+    def __init__(self, *args: Any, cta: CTAugment) -> None:
+        super().__init__(*args)
+        self.cta = cta
+
+    def _cutout_side(self, height: int, width: int) -> int:
+        official = cutout_side(height, width)
+        if self.cutout not in (0, official):
+            raise ValueError(
+                f"cutout={self.cutout} disagrees with CTAugment's cutout for {height}x{width} images "
+                f"(1 + int(min(H, W) * 0.499) = {official}); pass {official}, or 0 to disable it"
+            )
+        return self.cutout
+
+    def _strong_steps(self, n: int, height: int, width: int, generator: torch.Generator) -> tuple[Tensor, Tensor, Fill]:
+        side = self._cutout_side(height, width)
+        policy = self.cta.sample_policy(n, generator, probe=False)
+        ops, args = self.cta.resolve(policy, height, width, generator)
+        if side > 0:
+            cut_ops, cut_args = cutout_step(n, height, width, side, generator)
+            ops, args = torch.cat([ops, cut_ops], dim=1), torch.cat([args, cut_args], dim=1)
+        return ops, args, CTA_FILL
+
+    def probe(self, images: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        """One probe view per (already weak-augmented) image: uniform ops and levels, no cutout.
+
+        Returns ``(probes uint8 [N, C, H, W], policies float64 [N, depth, 3])``.
+        """
+        self._check(images, generator)
+        n, _, height, width = images.shape
+        policy = self.cta.sample_policy(n, generator, probe=True)
+        ops, args = self.cta.resolve(policy, height, width, generator)
+        return self._apply(images, ops, args, CTA_FILL), policy
+
+    def update(self, policies: Tensor, p_true: Tensor) -> None:
+        """Update the rates from the probes' policies and true-class probabilities, in probe order.
+
+        For DDP, all-gather ``policies`` and ``p_true`` and call this with the
+        concatenation (rank order) on every rank.
+        """
+        self.cta.update(policies, p_true)
+
+    def state_dict(self) -> dict[str, Any]:
+        """``{"rates": float64 [19, 2, 17]}`` (CPU copy)."""
+        return self.cta.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.cta.load_state_dict(state)
+
+
+def make_augmenter(
+    strong: str = "randaugment",
+    impl: str = "batched",
+    flip: bool = True,
+    translate: int = 4,
+    cutout: int = 16,
+    *,
+    cta_depth: int = 2,
+    cta_decay: float = 0.99,
+    cta_threshold: float = 0.8,
+    cta_translate_fix: bool = False,
+) -> Augmenter:
+    """Build the augmenter the training loop calls.
+
+    strong: ``"randaugment"`` (official RA, cutout ``cutout`` px filled gray 128),
+        ``"ctaugment"`` or ``"none"`` (strong = another weak view + cutout, if > 0).
+    impl: ``"batched"`` (tensor ops, CPU or CUDA) or ``"reference"`` (PIL, CPU).
+    flip / translate: weak view (flip p = 0.5; reflect shift up to ``translate`` px).
+    cutout: strong-branch cutout side in px (0 disables it). For CTAugment it
+        must be 0 or CTAugment's own ``1 + int(min(H, W) * 0.499)`` (16 at 32 px,
+        48 at 96 px), checked on the first strong call.
+    cta_depth / cta_decay / cta_threshold: CTAugment's official 2 / 0.99 / 0.8.
+    cta_translate_fix: off by default (official: translate_x/y are no-ops);
+        True translates by up to 30 % of the image instead.
+    """
+    if strong not in STRONG_KINDS:
+        raise ValueError(f"strong must be one of {STRONG_KINDS}, got {strong!r}")
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    if not isinstance(flip, bool):
+        raise ValueError(f"flip must be a bool, got {flip!r}")
+    if isinstance(translate, bool) or not isinstance(translate, int) or translate < 0:
+        raise ValueError(f"translate must be an int >= 0, got {translate!r}")
+    if isinstance(cutout, bool) or not isinstance(cutout, int) or cutout < 0:
+        raise ValueError(f"cutout must be an int >= 0 (0 disables it), got {cutout!r}")
+    if strong != "ctaugment" and (cta_depth, cta_decay, cta_threshold, cta_translate_fix) != (2, 0.99, 0.8, False):
+        raise ValueError(f"cta_* options only apply to strong='ctaugment', got strong={strong!r}")
+    if strong == "ctaugment":
+        cta = CTAugment(cta_depth, cta_decay, cta_threshold, cta_translate_fix)
+        return CTAugmenter(strong, impl, flip, translate, cutout, cta=cta)
+    classes = {"randaugment": RandAugmenter, "none": NoStrongAugmenter}
+    return classes[strong](strong, impl, flip, translate, cutout)
+
+
+__all__ = ["Augmenter", "CTAugmenter", "make_augmenter"]

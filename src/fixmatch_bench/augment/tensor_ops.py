@@ -1,0 +1,400 @@
+"""Batched per-sample primitive ops on uint8 [N, C, H, W] tensors (CPU or CUDA).
+
+Every op reproduces Pillow's integer arithmetic, so that it matches
+:mod:`.pil_ops` pixel for pixel on identical parameters:
+
+- ``Image.blend`` / ``ImageEnhance``: ``(uint8)(a + f * (b - a))`` in float32,
+  clipped to 0..255 when extrapolating (factor > 1).
+- L conversion: ``(19595 R + 38470 G + 7471 B + 0x8000) >> 16`` (ITU-R 601-2).
+- Contrast's degenerate image: ``int(mean(L) + 0.5)``.
+- BLUR (5x5 ring / 16) and SMOOTH (3x3, centre 5, / 13) keep the 2 / 1 border
+  pixels and round to nearest; computed exactly in integers.
+- Sharpness blends with the SMOOTH image.
+- AutoContrast / Equalize use PIL's lookup-table construction per channel.
+- Rotate / shear / translate: PIL's NEAREST affine, including its 16.16
+  fixed-point path (rotate, shear) and its float path for pure translations, as
+  integer index gathers (no ``grid_sample``, so no resampling difference).
+- Rescale: PIL's two-pass separable resampling with 22-bit fixed-point weights,
+  done as exact float64 matrix products; NEAREST via PIL's affine path.
+
+On CPU each step buckets the samples by op (``index_select`` of the images
+that use it); on CUDA every op is computed for the whole batch and selected
+with ``torch.where``, which needs no host synchronisation.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from .primitives import MAX_ROTATE_DEGREES, NUM_ARGS, RESCALE_METHODS, Fill, Op
+
+_FIXED_ONE = 1 << 16  # PIL's affine fixed point
+_RESAMPLE_BITS = 22  # PIL's 8-bit resampling precision (32 - 8 - 2)
+
+
+def check_images(images: Tensor, name: str = "images") -> None:
+    """Raise ValueError unless ``images`` is uint8 [N, C, H, W] with C in {1, 3}."""
+    if not isinstance(images, Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(images).__name__}")
+    if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] not in (1, 3):
+        raise ValueError(
+            f"{name} must be uint8 [N, C, H, W] with C in (1, 3), got {images.dtype} {tuple(images.shape)}"
+        )
+
+
+# ---------------------------------------------------------------- colour helpers
+
+
+def blend(first: Tensor, second: Tensor, alpha: Tensor) -> Tensor:
+    """``Image.blend(first, second, alpha)`` per sample; alpha float [N]."""
+    weight = alpha.to(torch.float32).view(-1, 1, 1, 1)
+    a = first.to(torch.float32)
+    mixed = a + weight * (second.to(torch.float32) - a)
+    return mixed.clamp(0, 255).floor().to(torch.uint8)
+
+
+def luma(images: Tensor) -> Tensor:
+    """PIL's RGB -> L conversion as int32 [N, 1, H, W] (identity for C = 1)."""
+    if images.shape[1] == 1:
+        return images.to(torch.int32)
+    x = images.to(torch.int32)
+    return (x[:, 0:1] * 19595 + x[:, 1:2] * 38470 + x[:, 2:3] * 7471 + 0x8000) >> 16
+
+
+def _window_sum(x: Tensor, radius: int) -> Tensor:
+    """Sum over the (2r+1)^2 window of every interior pixel (int32)."""
+    h, w = x.shape[-2:]
+    total = torch.zeros_like(x[..., radius : h - radius, radius : w - radius])
+    for dy in range(-radius, radius + 1):
+        for dx in range(-radius, radius + 1):
+            total = total + x[..., radius + dy : h - radius + dy, radius + dx : w - radius + dx]
+    return total
+
+
+def _with_interior(images: Tensor, interior: Tensor, border: int) -> Tensor:
+    out = images.clone()
+    out[..., border:-border, border:-border] = interior.to(torch.uint8)
+    return out
+
+
+def smooth_filter(images: Tensor) -> Tensor:
+    """``ImageFilter.SMOOTH``: 3x3 ones with centre 5, divided by 13, 1-px border kept."""
+    x = images.to(torch.int32)
+    total = _window_sum(x, 1) + 4 * x[..., 1:-1, 1:-1]
+    return _with_interior(images, torch.div(2 * total + 13, 26, rounding_mode="floor"), 1)
+
+
+def blur_filter(images: Tensor) -> Tensor:
+    """``ImageFilter.BLUR``: the 16-pixel ring of a 5x5 window / 16, 2-px border kept."""
+    x = images.to(torch.int32)
+    ring = _window_sum(x, 2) - _window_sum(x, 1)[..., 1:-1, 1:-1]
+    return _with_interior(images, (ring + 8) >> 4, 2)
+
+
+def autocontrast(images: Tensor) -> Tensor:
+    """``ImageOps.autocontrast`` (cutoff 0) per channel."""
+    x = images.to(torch.float64)
+    lo = x.amin(dim=(2, 3), keepdim=True)
+    hi = x.amax(dim=(2, 3), keepdim=True)
+    scale = torch.full_like(hi, 255.0) / (hi - lo).clamp(min=1)  # not 255.0 / t: that multiplies by 1 / t
+    offset = -lo * scale
+    stretched = torch.trunc(x * scale + offset).clamp(0, 255)
+    return torch.where(hi > lo, stretched, x).to(torch.uint8)
+
+
+def equalize(images: Tensor) -> Tensor:
+    """``ImageOps.equalize`` per channel (PIL's lut: step = (n - n_last) // 255)."""
+    n, c, h, w = images.shape
+    flat = images.reshape(n * c, h * w).to(torch.int64)
+    hist = torch.zeros(n * c, 256, dtype=torch.int64, device=images.device)
+    hist.scatter_add_(1, flat, torch.ones_like(flat))
+    bins = torch.arange(256, device=images.device)
+    last = torch.where(hist > 0, bins, -1).amax(dim=1, keepdim=True)
+    step = torch.div(h * w - hist.gather(1, last), 255, rounding_mode="floor")
+    below = hist.cumsum(dim=1) - hist
+    lut = torch.div(torch.div(step, 2, rounding_mode="floor") + below, step.clamp(min=1), rounding_mode="floor")
+    lut = torch.where(step > 0, lut.clamp(max=255), bins)
+    return lut.gather(1, flat).reshape(n, c, h, w).to(torch.uint8)
+
+
+def _scalar(args: Tensor) -> Tensor:
+    return args[:, 0]
+
+
+def _blend_op(transform: Callable[[Tensor], Tensor]) -> Callable[[Tensor, Tensor, Fill], Tensor]:
+    def op(images: Tensor, args: Tensor, fill: Fill) -> Tensor:
+        return blend(images, transform(images), _scalar(args))
+
+    return op
+
+
+def _brightness(images: Tensor, args: Tensor, fill: Fill) -> Tensor:
+    return blend(torch.zeros_like(images), images, _scalar(args))
+
+
+def _color(images: Tensor, args: Tensor, fill: Fill) -> Tensor:
+    gray = luma(images).to(torch.uint8).expand_as(images)
+    return blend(gray, images, _scalar(args))
+
+
+def _contrast(images: Tensor, args: Tensor, fill: Fill) -> Tensor:
+    l_image = luma(images)
+    count = l_image.shape[-1] * l_image.shape[-2]
+    mean = torch.floor(l_image.sum(dim=(1, 2, 3), dtype=torch.int64).to(torch.float64) / count + 0.5)
+    degenerate = mean.to(torch.uint8).view(-1, 1, 1, 1).expand_as(images)
+    return blend(degenerate, images, _scalar(args))
+
+
+def _sharpness(images: Tensor, args: Tensor, fill: Fill) -> Tensor:
+    return blend(smooth_filter(images), images, _scalar(args))
+
+
+def _solarize(images: Tensor, args: Tensor, fill: Fill) -> Tensor:
+    threshold = _scalar(args).round().to(torch.int32).view(-1, 1, 1, 1)
+    return torch.where(images.to(torch.int32) < threshold, images, 255 - images)
+
+
+def _posterize(images: Tensor, args: Tensor, fill: Fill) -> Tensor:
+    bits = _scalar(args).round().to(torch.int32).clamp(1, 8).view(-1, 1, 1, 1)
+    mask = torch.bitwise_left_shift(torch.full_like(bits, 0xFF), 8 - bits) & 0xFF
+    return (images.to(torch.int32) & mask).to(torch.uint8)
+
+
+# ---------------------------------------------------------------- geometry
+
+
+def affine_nearest(images: Tensor, coefficients: Tensor, fill: int) -> Tensor:
+    """PIL ``transform(AFFINE, (a, b, c, d, e, f), NEAREST)`` per sample.
+
+    ``coefficients`` float64 [N, 6] map output (x, y) to input
+    (a x + b y + c, d x + e y + f). Like PIL, pure scale/translate matrices
+    (b = d = 0) use float pixel-centre rounding and the others 16.16 fixed point.
+    """
+    n, c, h, w = images.shape
+    a0, a1, a2, a3, a4, a5 = (v.view(n, 1, 1) for v in coefficients.to(torch.float64).unbind(1))
+    ys = torch.arange(h, device=images.device).view(1, h, 1)
+    xs = torch.arange(w, device=images.device).view(1, 1, w)
+
+    def coord(v: Tensor) -> Tensor:
+        return torch.where(v < 0, -1, torch.trunc(v.clamp(max=1 << 30))).to(torch.int64)
+
+    scale_x = coord(a0 * (xs + 0.5) + a2).expand(n, h, w)
+    scale_y = coord(a4 * (ys + 0.5) + a5).expand(n, h, w)
+
+    def fix(v: Tensor) -> Tensor:
+        return torch.floor(v * float(_FIXED_ONE) + 0.5).to(torch.int64)
+
+    fixed_x = (fix(a2 + a0 * 0.5 + a1 * 0.5) + ys * fix(a1) + xs * fix(a0)) >> 16
+    fixed_y = (fix(a5 + a3 * 0.5 + a4 * 0.5) + ys * fix(a4) + xs * fix(a3)) >> 16
+    use_scale = (a1 == 0) & (a3 == 0)
+    src_x = torch.where(use_scale, scale_x, fixed_x)
+    src_y = torch.where(use_scale, scale_y, fixed_y)
+    valid = (src_x >= 0) & (src_x < w) & (src_y >= 0) & (src_y < h)
+    index = torch.where(valid, src_y * w + src_x, 0).view(n, 1, h * w).expand(n, c, h * w)
+    gathered = images.reshape(n, c, h * w).gather(2, index).view(n, c, h, w)
+    return torch.where(valid.view(n, 1, h, w), gathered, torch.full_like(gathered, fill))
+
+
+@functools.lru_cache(maxsize=None)
+def _rotation_table(height: int, width: int, device: torch.device) -> Tensor:
+    """PIL ``Image.rotate`` inverse matrices for integer angles -45..45, float64 [91, 6]."""
+    rows = []
+    for degrees in range(-MAX_ROTATE_DEGREES, MAX_ROTATE_DEGREES + 1):
+        angle = degrees % 360.0
+        if angle == 0:
+            rows.append([1.0, 0.0, 0.0, 0.0, 1.0, 0.0])
+            continue
+        center_x, center_y = width / 2, height / 2
+        radians = -math.radians(angle)
+        a, b = round(math.cos(radians), 15), round(math.sin(radians), 15)
+        d, e = round(-math.sin(radians), 15), round(math.cos(radians), 15)
+        c = a * -center_x + b * -center_y + 0.0 + center_x
+        f = d * -center_x + e * -center_y + 0.0 + center_y
+        rows.append([a, b, c, d, e, f])
+    return torch.tensor(rows, dtype=torch.float64, device=device)
+
+
+def _rotate(images: Tensor, args: Tensor, fill: Fill) -> Tensor:
+    table = _rotation_table(images.shape[2], images.shape[3], images.device)
+    index = _scalar(args).round().to(torch.int64).clamp(-MAX_ROTATE_DEGREES, MAX_ROTATE_DEGREES) + MAX_ROTATE_DEGREES
+    return affine_nearest(images, table[index], fill.geometric)
+
+
+def _affine_from(slot: int) -> Callable[[Tensor, Tensor, Fill], Tensor]:
+    """An op that writes args[0] into one slot of the identity affine matrix."""
+
+    def op(images: Tensor, args: Tensor, fill: Fill) -> Tensor:
+        coefficients = torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 0.0], dtype=torch.float64, device=images.device)
+        coefficients = coefficients.repeat(images.shape[0], 1)
+        coefficients[:, slot] = _scalar(args).to(torch.float64)
+        return affine_nearest(images, coefficients, fill.geometric)
+
+    return op
+
+
+# ---------------------------------------------------------------- rescale
+
+
+def _sinc(x: Tensor) -> Tensor:
+    scaled = x * math.pi
+    return torch.where(x == 0, 1.0, torch.sin(scaled) / torch.where(x == 0, 1.0, scaled))
+
+
+def _resample_filters(x: Tensor) -> Tensor:
+    """PIL's filters (lanczos, bicubic, bilinear, box, hamming) stacked on dim 0."""
+    ax = x.abs()
+    lanczos = torch.where((x >= -3.0) & (x < 3.0), _sinc(x) * _sinc(x / 3), 0.0)
+    a = -0.5
+    bicubic = torch.where(
+        ax < 1.0,
+        ((a + 2.0) * ax - (a + 3.0)) * ax * ax + 1,
+        torch.where(ax < 2.0, (((ax - 5) * ax + 8) * ax - 4) * a, 0.0),
+    )
+    bilinear = torch.where(ax < 1.0, 1.0 - ax, 0.0)
+    box = torch.where((x > -0.5) & (x <= 0.5), 1.0, 0.0)
+    hamming_inner = _sinc(ax) * (_HAMMING_A + _HAMMING_B * torch.cos(ax * math.pi))
+    hamming = torch.where(ax == 0, 1.0, torch.where(ax >= 1.0, 0.0, hamming_inner))
+    return torch.stack([lanczos, bicubic, bilinear, box, hamming])
+
+
+_SUPPORTS = (3.0, 2.0, 1.0, 0.5, 1.0)
+# Pillow writes the Hamming window with float literals (0.54f, 0.46f).
+_HAMMING_A = float(torch.tensor(0.54, dtype=torch.float32))
+_HAMMING_B = float(torch.tensor(0.46, dtype=torch.float32))
+
+
+def _resample_matrix(size: int, start: Tensor, stop: Tensor, method: Tensor) -> Tensor:
+    """Fixed-point weights [N, size, size] of PIL's crop(start, stop) + resize back to size."""
+    device = start.device
+    n = start.shape[0]
+    crop = (stop - start).to(torch.float64).view(n, 1, 1)
+    out_pos = torch.arange(size, device=device, dtype=torch.float64).view(1, size, 1)
+    in_pos = torch.arange(size, device=device).view(1, 1, size) - start.view(n, 1, 1)  # crop coordinates
+    center = (out_pos + 0.5) * (crop / size)
+    support = torch.tensor(_SUPPORTS, dtype=torch.float64, device=device).view(-1, 1, 1, 1)
+    low = torch.trunc(center - support + 0.5).clamp(min=0)
+    high = torch.minimum(torch.trunc(center + support + 0.5), crop)
+    inside = (in_pos >= low) & (in_pos < high)
+    weights = torch.where(inside, _resample_filters((in_pos - center) + 0.5), 0.0)
+    total = weights.sum(dim=-1, keepdim=True)
+    weights = torch.where(total != 0, weights / torch.where(total != 0, total, 1.0), weights)
+    scaled = weights * float(1 << _RESAMPLE_BITS)
+    fixed = torch.where(scaled < 0, torch.trunc(scaled - 0.5), torch.trunc(scaled + 0.5))
+    nearest_src = torch.trunc((crop / size) * (out_pos + 0.5))
+    nearest = torch.where(in_pos == nearest_src, float(1 << _RESAMPLE_BITS), 0.0)
+    matrices = torch.cat([fixed, nearest.unsqueeze(0)])  # [6, N, size, size]
+    return matrices.gather(0, method.view(1, n, 1, 1).expand(1, n, size, size)).squeeze(0)
+
+
+def _resample_pass(values: Tensor, matrix: Tensor) -> Tensor:
+    """One PIL pass: (2^21 + sum in * k) >> 22 clipped to 0..255, along the last dim."""
+    mixed = torch.matmul(values, matrix.transpose(-1, -2).unsqueeze(1))
+    return torch.floor((mixed + float(1 << (_RESAMPLE_BITS - 1))) / float(1 << _RESAMPLE_BITS)).clamp(0, 255)
+
+
+def _rescale(images: Tensor, args: Tensor, fill: Fill) -> Tensor:
+    """CTAugment's rescale: crop a border of s * size on every side, resize back."""
+    n, c, h, w = images.shape
+    fraction = args[:, 0].to(torch.float64).clamp(0, 0.25)
+    method = args[:, 1].round().to(torch.int64).clamp(0, len(RESCALE_METHODS) - 1)
+    matrix_x = _resample_matrix(w, torch.round(fraction * w), torch.round(w * (1 - fraction)), method)
+    matrix_y = _resample_matrix(h, torch.round(fraction * h), torch.round(h * (1 - fraction)), method)
+    horizontal = _resample_pass(images.to(torch.float64), matrix_x)
+    vertical = _resample_pass(horizontal.transpose(-1, -2), matrix_y).transpose(-1, -2)
+    return vertical.to(torch.uint8)
+
+
+# ---------------------------------------------------------------- cutout
+
+
+def _cutout(images: Tensor, args: Tensor, fill: Fill) -> Tensor:
+    n, _, h, w = images.shape
+    half = torch.div(args[:, 0].round().to(torch.int64), 2, rounding_mode="floor").view(n, 1, 1)
+    cy = args[:, 1].round().to(torch.int64).view(n, 1, 1)
+    cx = args[:, 2].round().to(torch.int64).view(n, 1, 1)
+    ys = torch.arange(h, device=images.device).view(1, h, 1)
+    xs = torch.arange(w, device=images.device).view(1, 1, w)
+    inside = (ys >= cy - half) & (ys < cy + half) & (xs >= cx - half) & (xs < cx + half)
+    return torch.where(inside.unsqueeze(1), torch.full_like(images, fill.cutout), images)
+
+
+_OPS: dict[Op, Callable[[Tensor, Tensor, Fill], Tensor]] = {
+    Op.AUTOCONTRAST: _blend_op(autocontrast),
+    Op.EQUALIZE: _blend_op(equalize),
+    Op.INVERT: _blend_op(lambda x: 255 - x),
+    Op.BLUR: _blend_op(blur_filter),
+    Op.SMOOTH: _blend_op(smooth_filter),
+    Op.BRIGHTNESS: _brightness,
+    Op.COLOR: _color,
+    Op.CONTRAST: _contrast,
+    Op.SHARPNESS: _sharpness,
+    Op.SOLARIZE: _solarize,
+    Op.POSTERIZE: _posterize,
+    Op.ROTATE: _rotate,
+    Op.SHEAR_X: _affine_from(1),
+    Op.SHEAR_Y: _affine_from(3),
+    Op.TRANSLATE_X: _affine_from(2),
+    Op.TRANSLATE_Y: _affine_from(5),
+    Op.RESCALE: _rescale,
+    Op.CUTOUT: _cutout,
+}
+
+
+def apply_op(images: Tensor, op: Op, args: Tensor, fill: Fill) -> Tensor:
+    """Apply one primitive op to every image; args float64 [N, 3]."""
+    if op == Op.IDENTITY:
+        return images
+    return _OPS[Op(op)](images, args, fill)
+
+
+def apply_step(images: Tensor, ops: Tensor, args: Tensor, fill: Fill) -> Tensor:
+    """Apply ``ops[i]`` with ``args[i]`` to image i (ops int64 [N], args float64 [N, 3])."""
+    if images.is_cuda:
+        out = images
+        for op, function in _OPS.items():
+            out = torch.where((ops == op).view(-1, 1, 1, 1), function(images, args, fill), out)
+        return out
+    out = images.clone()
+    for op in torch.unique(ops).tolist():
+        if op == Op.IDENTITY:
+            continue
+        index = (ops == op).nonzero().squeeze(1)
+        out[index] = _OPS[Op(op)](images.index_select(0, index), args.index_select(0, index), fill)
+    return out
+
+
+def apply_steps(images: Tensor, ops: Tensor, args: Tensor, fill: Fill) -> Tensor:
+    """Apply steps k = 0..K-1 in order (ops int64 [N, K], args float64 [N, K, 3])."""
+    check_images(images)
+    if ops.shape != images.shape[:1] + ops.shape[1:2] or args.shape != ops.shape + (NUM_ARGS,):
+        raise ValueError(
+            f"ops must be [N, K] and args [N, K, {NUM_ARGS}] for N = {images.shape[0]}, "
+            f"got {tuple(ops.shape)} and {tuple(args.shape)}"
+        )
+    for k in range(ops.shape[1]):
+        images = apply_step(images, ops[:, k], args[:, k], fill)
+    return images
+
+
+def reflect_index(positions: Tensor, size: int) -> Tensor:
+    """``tf.pad(mode='REFLECT')`` source index (mirror without repeating the edge)."""
+    positions = torch.where(positions < 0, -positions, positions)
+    return torch.where(positions >= size, 2 * (size - 1) - positions, positions)
+
+
+def flip_shift(images: Tensor, flip: Tensor, shift_y: Tensor, shift_x: Tensor) -> Tensor:
+    """Weak view: optional horizontal flip, then output[i] = flipped[reflect(i + shift)].
+
+    Equivalent to ``tf.pad(REFLECT, w)`` + a crop at offset ``shift + w``.
+    """
+    n, c, h, w = images.shape
+    rows = reflect_index(torch.arange(h, device=images.device).view(1, h) + shift_y.view(n, 1), h)
+    cols = reflect_index(torch.arange(w, device=images.device).view(1, w) + shift_x.view(n, 1), w)
+    cols = torch.where(flip.view(n, 1), w - 1 - cols, cols)
+    out = images.gather(2, rows.view(n, 1, h, 1).expand(n, c, h, w))
+    return out.gather(3, cols.view(n, 1, 1, w).expand(n, c, h, w))

@@ -1,0 +1,74 @@
+"""make_augmenter: determinism, backend agreement, argument validation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from augment_helpers import make_images
+from fixmatch_bench.augment import make_augmenter
+
+SHAPES = [(1, 16), (3, 16), (1, 32), (3, 32), (3, 96)]
+
+
+def views(kind: str, impl: str, images: torch.Tensor, seed: int, **options: object) -> tuple[torch.Tensor, ...]:
+    augmenter = make_augmenter(kind, impl, **options)
+    generator = torch.Generator().manual_seed(seed)
+    return augmenter.weak(images, generator), augmenter.strong(images, generator)
+
+
+@pytest.mark.parametrize("channels,size", SHAPES)
+@pytest.mark.parametrize("kind", ["randaugment", "none"])
+def test_same_seed_same_views_and_both_backends_agree(kind: str, channels: int, size: int) -> None:
+    images = make_images(16, channels, size)
+    first = views(kind, "batched", images, seed=7)
+    assert all(view.dtype == torch.uint8 and view.shape == images.shape for view in first)
+    assert all(torch.equal(a, b) for a, b in zip(first, views(kind, "batched", images, seed=7)))
+    assert all(torch.equal(a, b) for a, b in zip(first, views(kind, "reference", images, seed=7)))
+    other = views(kind, "batched", images, seed=8)
+    assert not torch.equal(first[1], other[1])
+
+
+def test_strong_draws_its_own_weak_view() -> None:
+    images = make_images(32, 3, 32)
+    augmenter = make_augmenter("none", cutout=0)
+    generator = torch.Generator().manual_seed(0)
+    weak, strong = augmenter.weak(images, generator), augmenter.strong(images, generator)
+    assert not torch.equal(weak, strong)
+
+
+@pytest.mark.parametrize(
+    "options,message",
+    [
+        ({"strong": "autoaugment"}, "strong must be one of"),
+        ({"impl": "numpy"}, "impl must be one of"),
+        ({"flip": 1}, "flip must be a bool"),
+        ({"translate": -1}, "translate must be an int >= 0"),
+        ({"cutout": 2.5}, "cutout must be an int >= 0"),
+    ],
+)
+def test_bad_arguments_name_the_argument(options: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        make_augmenter(**options)
+
+
+def test_bad_images_and_generators_are_rejected() -> None:
+    augmenter = make_augmenter()
+    with pytest.raises(ValueError, match="images must be uint8"):
+        augmenter.weak(torch.zeros(2, 3, 32, 32), torch.Generator())
+    with pytest.raises(ValueError, match="C in \\(1, 3\\)"):
+        augmenter.weak(torch.zeros(2, 4, 32, 32, dtype=torch.uint8), torch.Generator())
+    with pytest.raises(ValueError, match="generator must be a torch.Generator"):
+        augmenter.weak(torch.zeros(2, 3, 32, 32, dtype=torch.uint8), 0)
+
+
+def test_stateless_kinds_reject_probe_and_update() -> None:
+    augmenter = make_augmenter("randaugment")
+    with pytest.raises(RuntimeError, match="only defined for strong='ctaugment'"):
+        augmenter.probe(torch.zeros(1, 3, 32, 32, dtype=torch.uint8), torch.Generator())
+    with pytest.raises(RuntimeError, match="only defined for strong='ctaugment'"):
+        augmenter.update(torch.zeros(1, 2), torch.zeros(1))
+    assert augmenter.state_dict() == {}
+    augmenter.load_state_dict({})
+    with pytest.raises(ValueError, match="stateless"):
+        augmenter.load_state_dict({"rates": torch.ones(3)})
