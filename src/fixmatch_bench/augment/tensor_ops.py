@@ -15,7 +15,7 @@ Every op reproduces Pillow's integer arithmetic, so that it matches
   fixed-point path (rotate, shear) and its float path for pure translations, as
   integer index gathers (no ``grid_sample``, so no resampling difference).
 - Rescale: PIL's two-pass separable resampling with 22-bit fixed-point weights,
-  done as exact float64 matrix products; NEAREST via PIL's affine path.
+  done as exact float64 matrix products; NEAREST via PIL's accumulated affine walk.
 
 On CPU each step buckets the samples by op (``index_select`` of the images
 that use it); on CUDA every op is computed for the whole batch and selected
@@ -172,8 +172,12 @@ def affine_nearest(images: Tensor, coefficients: Tensor, fill: int) -> Tensor:
     """PIL ``transform(AFFINE, (a, b, c, d, e, f), NEAREST)`` per sample.
 
     ``coefficients`` float64 [N, 6] map output (x, y) to input
-    (a x + b y + c, d x + e y + f). Like PIL, pure scale/translate matrices
-    (b = d = 0) use float pixel-centre rounding and the others 16.16 fixed point.
+    (a x + b y + c, d x + e y + f). Like PIL, matrices with b = d = 0 use
+    double pixel centres (``floor(a (x + 0.5) + c)``) and the others 16.16 fixed
+    point. PIL accumulates the former along the row (``x += a``); for the unit
+    steps used here (translations) that can differ from the direct product only
+    when ``c + 0.5`` lies within ~1e-14 of an integer, which the policies never
+    produce (RA offsets are integers, CTAugment's are within 0.3 px of 0).
     """
     n, c, h, w = images.shape
     a0, a1, a2, a3, a4, a5 = (v.view(n, 1, 1) for v in coefficients.to(torch.float64).unbind(1))
@@ -239,6 +243,11 @@ def _affine_from(slot: int) -> Callable[[Tensor, Tensor, Fill], Tensor]:
 
 # ---------------------------------------------------------------- rescale
 
+_SUPPORTS = (3.0, 2.0, 1.0, 0.5, 1.0)  # lanczos, bicubic, bilinear, box, hamming
+# Pillow writes the Hamming window with float literals (0.54f, 0.46f).
+_HAMMING_A = float(torch.tensor(0.54, dtype=torch.float32))
+_HAMMING_B = float(torch.tensor(0.46, dtype=torch.float32))
+
 
 def _sinc(x: Tensor) -> Tensor:
     scaled = x * math.pi
@@ -262,10 +271,24 @@ def _resample_filters(x: Tensor) -> Tensor:
     return torch.stack([lanczos, bicubic, bilinear, box, hamming])
 
 
-_SUPPORTS = (3.0, 2.0, 1.0, 0.5, 1.0)
-# Pillow writes the Hamming window with float literals (0.54f, 0.46f).
-_HAMMING_A = float(torch.tensor(0.54, dtype=torch.float32))
-_HAMMING_B = float(torch.tensor(0.46, dtype=torch.float32))
+
+
+@functools.lru_cache(maxsize=None)
+def _nearest_scale_table(size: int, device: torch.device) -> Tensor:
+    """int64 [size + 1, size]: PIL's NEAREST resize source index from a crop of each width.
+
+    PIL walks the row accumulating ``x += crop / size`` in double from
+    ``crop / (2 size)``, so exact ties (e.g. 64 -> 96 px) land on the lower pixel;
+    a direct ``(x + 0.5) * crop / size`` would round them up.
+    """
+    rows = []
+    for crop in range(size + 1):
+        step, position, row = crop / size, crop / size * 0.5, []
+        for _ in range(size):
+            row.append(int(position))
+            position += step
+        rows.append(row)
+    return torch.tensor(rows, dtype=torch.int64, device=device)
 
 
 def _resample_matrix(size: int, start: Tensor, stop: Tensor, method: Tensor) -> Tensor:
@@ -285,7 +308,7 @@ def _resample_matrix(size: int, start: Tensor, stop: Tensor, method: Tensor) -> 
     weights = torch.where(total != 0, weights / torch.where(total != 0, total, 1.0), weights)
     scaled = weights * float(1 << _RESAMPLE_BITS)
     fixed = torch.where(scaled < 0, torch.trunc(scaled - 0.5), torch.trunc(scaled + 0.5))
-    nearest_src = torch.trunc((crop / size) * (out_pos + 0.5))
+    nearest_src = _nearest_scale_table(size, device)[(stop - start).to(torch.int64)].view(n, size, 1)
     nearest = torch.where(in_pos == nearest_src, float(1 << _RESAMPLE_BITS), 0.0)
     matrices = torch.cat([fixed, nearest.unsqueeze(0)])  # [6, N, size, size]
     return matrices.gather(0, method.view(1, n, 1, 1).expand(1, n, size, size)).squeeze(0)
