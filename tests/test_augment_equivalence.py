@@ -59,3 +59,15 @@ def test_chained_steps_agree() -> None:
     policies = cta.sample_policy(64, torch.Generator().manual_seed(6), probe=True)
     ops, args = cta.resolve(policies, 32, 32, torch.Generator().manual_seed(7))
     assert_backends_agree(images, ops, args, CTA_FILL)
+
+
+def test_dense_selection_used_on_cuda_equals_bucketing() -> None:
+    """The CUDA code path (every op on the whole batch, then ``torch.where``) run on CPU."""
+    images = make_images(96, 3, 32, seed=8)
+    generator = torch.Generator().manual_seed(9)
+    cta = CTAugment(depth=3)
+    ops, args = cta.resolve(cta.sample_policy(96, generator, probe=True), 32, 32, generator)
+    ra_ops, ra_args = randaugment.sample_steps(96, 32, 32, 16, generator)
+    for step_ops, step_args, fill in [(ops, args, CTA_FILL), (ra_ops, ra_args, randaugment.RA_FILL)]:
+        dense = tensor_ops.apply_steps(images, step_ops, step_args, fill, dense=True)
+        assert torch.equal(dense, tensor_ops.apply_steps(images, step_ops, step_args, fill, dense=False))

@@ -31,7 +31,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from .primitives import MAX_ROTATE_DEGREES, NUM_ARGS, RESCALE_METHODS, Fill, Op
+from .primitives import MAX_ROTATE_DEGREES, NUM_ARGS, RESCALE_METHODS, Fill, Op, device_constant
 
 _FIXED_ONE = 1 << 16  # PIL's affine fixed point
 _RESAMPLE_BITS = 22  # PIL's 8-bit resampling precision (32 - 8 - 2)
@@ -233,8 +233,8 @@ def _affine_from(slot: int) -> Callable[[Tensor, Tensor, Fill], Tensor]:
     """An op that writes args[0] into one slot of the identity affine matrix."""
 
     def op(images: Tensor, args: Tensor, fill: Fill) -> Tensor:
-        coefficients = torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 0.0], dtype=torch.float64, device=images.device)
-        coefficients = coefficients.repeat(images.shape[0], 1)
+        identity = device_constant((1.0, 0.0, 0.0, 0.0, 1.0, 0.0), torch.float64, images.device)
+        coefficients = identity.repeat(images.shape[0], 1)
         coefficients[:, slot] = _scalar(args).to(torch.float64)
         return affine_nearest(images, coefficients, fill.geometric)
 
@@ -299,7 +299,7 @@ def _resample_matrix(size: int, start: Tensor, stop: Tensor, method: Tensor) -> 
     out_pos = torch.arange(size, device=device, dtype=torch.float64).view(1, size, 1)
     in_pos = torch.arange(size, device=device).view(1, 1, size) - start.view(n, 1, 1)  # crop coordinates
     center = (out_pos + 0.5) * (crop / size)
-    support = torch.tensor(_SUPPORTS, dtype=torch.float64, device=device).view(-1, 1, 1, 1)
+    support = device_constant(_SUPPORTS, torch.float64, device).view(-1, 1, 1, 1)
     low = torch.trunc(center - support + 0.5).clamp(min=0)
     high = torch.minimum(torch.trunc(center + support + 0.5), crop)
     inside = (in_pos >= low) & (in_pos < high)
@@ -375,9 +375,13 @@ def apply_op(images: Tensor, op: Op, args: Tensor, fill: Fill) -> Tensor:
     return _OPS[Op(op)](images, args, fill)
 
 
-def apply_step(images: Tensor, ops: Tensor, args: Tensor, fill: Fill) -> Tensor:
-    """Apply ``ops[i]`` with ``args[i]`` to image i (ops int64 [N], args float64 [N, 3])."""
-    if images.is_cuda:
+def apply_step(images: Tensor, ops: Tensor, args: Tensor, fill: Fill, dense: bool | None = None) -> Tensor:
+    """Apply ``ops[i]`` with ``args[i]`` to image i (ops int64 [N], args float64 [N, 3]).
+
+    ``dense`` (default: on CUDA) computes every op on the whole batch and selects
+    per sample, with no host synchronisation; otherwise samples are bucketed by op.
+    """
+    if images.is_cuda if dense is None else dense:
         out = images
         for op, function in _OPS.items():
             out = torch.where((ops == op).view(-1, 1, 1, 1), function(images, args, fill), out)
@@ -391,8 +395,8 @@ def apply_step(images: Tensor, ops: Tensor, args: Tensor, fill: Fill) -> Tensor:
     return out
 
 
-def apply_steps(images: Tensor, ops: Tensor, args: Tensor, fill: Fill) -> Tensor:
-    """Apply steps k = 0..K-1 in order (ops int64 [N, K], args float64 [N, K, 3])."""
+def apply_steps(images: Tensor, ops: Tensor, args: Tensor, fill: Fill, dense: bool | None = None) -> Tensor:
+    """Apply steps k = 0..K-1 in order (ops int64 [N, K], args float64 [N, K, 3]); see :func:`apply_step`."""
     check_images(images)
     if ops.shape != images.shape[:1] + ops.shape[1:2] or args.shape != ops.shape + (NUM_ARGS,):
         raise ValueError(
@@ -400,7 +404,7 @@ def apply_steps(images: Tensor, ops: Tensor, args: Tensor, fill: Fill) -> Tensor
             f"got {tuple(ops.shape)} and {tuple(args.shape)}"
         )
     for k in range(ops.shape[1]):
-        images = apply_step(images, ops[:, k], args[:, k], fill)
+        images = apply_step(images, ops[:, k], args[:, k], fill, dense)
     return images
 
 
