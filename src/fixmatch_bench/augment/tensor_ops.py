@@ -201,7 +201,7 @@ def affine_nearest(images: Tensor, coefficients: Tensor, fill: int) -> Tensor:
     valid = (src_x >= 0) & (src_x < w) & (src_y >= 0) & (src_y < h)
     index = torch.where(valid, src_y * w + src_x, 0).view(n, 1, h * w).expand(n, c, h * w)
     gathered = images.reshape(n, c, h * w).gather(2, index).view(n, c, h, w)
-    return torch.where(valid.view(n, 1, h, w), gathered, torch.full_like(gathered, fill))
+    return gathered.masked_fill(~valid.view(n, 1, h, w), fill)
 
 
 @functools.lru_cache(maxsize=None)
@@ -291,13 +291,14 @@ def _nearest_scale_table(size: int, device: torch.device) -> Tensor:
     return torch.tensor(rows, dtype=torch.int64, device=device)
 
 
-def _resample_matrix(size: int, start: Tensor, stop: Tensor, method: Tensor) -> Tensor:
-    """Fixed-point weights [N, size, size] of PIL's crop(start, stop) + resize back to size."""
-    device = start.device
-    n = start.shape[0]
-    crop = (stop - start).to(torch.float64).view(n, 1, 1)
+def _crop_resize_weights(size: int, crops: Tensor) -> Tensor:
+    """Fixed-point weights [6, M, size, size] of PIL's resize of a crop of width ``crops[m]``
+    (crop coordinates, columns >= the width are 0) back to ``size``, per method."""
+    device = crops.device
+    m = crops.shape[0]
+    crop = crops.to(torch.float64).view(m, 1, 1)
     out_pos = torch.arange(size, device=device, dtype=torch.float64).view(1, size, 1)
-    in_pos = torch.arange(size, device=device).view(1, 1, size) - start.view(n, 1, 1)  # crop coordinates
+    in_pos = torch.arange(size, device=device).view(1, 1, size)
     center = (out_pos + 0.5) * (crop / size)
     support = device_constant(_SUPPORTS, torch.float64, device).view(-1, 1, 1, 1)
     low = torch.trunc(center - support + 0.5).clamp(min=0)
@@ -308,10 +309,31 @@ def _resample_matrix(size: int, start: Tensor, stop: Tensor, method: Tensor) -> 
     weights = torch.where(total != 0, weights / torch.where(total != 0, total, 1.0), weights)
     scaled = weights * float(1 << _RESAMPLE_BITS)
     fixed = torch.where(scaled < 0, torch.trunc(scaled - 0.5), torch.trunc(scaled + 0.5))
-    nearest_src = _nearest_scale_table(size, device)[(stop - start).to(torch.int64)].view(n, size, 1)
+    nearest_src = _nearest_scale_table(size, device)[crops].view(m, size, 1)
     nearest = torch.where(in_pos == nearest_src, float(1 << _RESAMPLE_BITS), 0.0)
-    matrices = torch.cat([fixed, nearest.unsqueeze(0)])  # [6, N, size, size]
-    return matrices.gather(0, method.view(1, n, 1, 1).expand(1, n, size, size)).squeeze(0)
+    return torch.cat([fixed, nearest.unsqueeze(0)])
+
+
+def _min_crop(size: int) -> int:
+    """Narrowest crop a fraction <= 0.25 can give (rounding included)."""
+    return max(1, size // 2 - 1)
+
+
+@functools.lru_cache(maxsize=None)
+def _resample_table(size: int, device: torch.device) -> Tensor:
+    """:func:`_crop_resize_weights` for every reachable crop width: [widths, 6, size, size]."""
+    crops = torch.arange(_min_crop(size), size + 1, device=device)
+    return _crop_resize_weights(size, crops).transpose(0, 1).contiguous()
+
+
+def _resample_matrix(size: int, start: Tensor, stop: Tensor, method: Tensor) -> Tensor:
+    """Fixed-point weights [N, size, size] of PIL's crop(start, stop) + resize back to size."""
+    n = start.shape[0]
+    start = start.to(torch.int64)
+    local = _resample_table(size, start.device)[(stop.to(torch.int64) - start) - _min_crop(size), method]
+    columns = torch.arange(size, device=start.device).view(1, 1, size) - start.view(n, 1, 1)
+    shifted = local.gather(2, columns.clamp(min=0).expand(n, size, size))
+    return torch.where(columns >= 0, shifted, 0.0)
 
 
 def _resample_pass(values: Tensor, matrix: Tensor) -> Tensor:
@@ -343,7 +365,7 @@ def _cutout(images: Tensor, args: Tensor, fill: Fill) -> Tensor:
     ys = torch.arange(h, device=images.device).view(1, h, 1)
     xs = torch.arange(w, device=images.device).view(1, 1, w)
     inside = (ys >= cy - half) & (ys < cy + half) & (xs >= cx - half) & (xs < cx + half)
-    return torch.where(inside.unsqueeze(1), torch.full_like(images, fill.cutout), images)
+    return images.masked_fill(inside.unsqueeze(1), fill.cutout)
 
 
 _OPS: dict[Op, Callable[[Tensor, Tensor, Fill], Tensor]] = {
@@ -386,8 +408,11 @@ def apply_step(images: Tensor, ops: Tensor, args: Tensor, fill: Fill, dense: boo
         for op, function in _OPS.items():
             out = torch.where((ops == op).view(-1, 1, 1, 1), function(images, args, fill), out)
         return out
+    present = torch.unique(ops).tolist()
+    if len(present) == 1:  # e.g. the final cutout step: no bucketing copies
+        return apply_op(images, Op(present[0]), args, fill)
     out = images.clone()
-    for op in torch.unique(ops).tolist():
+    for op in present:
         if op == Op.IDENTITY:
             continue
         index = (ops == op).nonzero().squeeze(1)
