@@ -7,6 +7,7 @@ import torch
 
 from augment_helpers import make_images
 from fixmatch_bench.augment import make_augmenter
+from fixmatch_bench.augment.ctaugment import cutout_side
 
 SHAPES = [(1, 16), (3, 16), (1, 32), (3, 32), (3, 96)]
 
@@ -18,14 +19,15 @@ def views(kind: str, impl: str, images: torch.Tensor, seed: int, **options: obje
 
 
 @pytest.mark.parametrize("channels,size", SHAPES)
-@pytest.mark.parametrize("kind", ["randaugment", "none"])
+@pytest.mark.parametrize("kind", ["randaugment", "ctaugment", "none"])
 def test_same_seed_same_views_and_both_backends_agree(kind: str, channels: int, size: int) -> None:
     images = make_images(16, channels, size)
-    first = views(kind, "batched", images, seed=7)
+    options = {"cutout": cutout_side(size, size)} if kind == "ctaugment" else {}
+    first = views(kind, "batched", images, seed=7, **options)
     assert all(view.dtype == torch.uint8 and view.shape == images.shape for view in first)
-    assert all(torch.equal(a, b) for a, b in zip(first, views(kind, "batched", images, seed=7)))
-    assert all(torch.equal(a, b) for a, b in zip(first, views(kind, "reference", images, seed=7)))
-    other = views(kind, "batched", images, seed=8)
+    assert all(torch.equal(a, b) for a, b in zip(first, views(kind, "batched", images, seed=7, **options)))
+    assert all(torch.equal(a, b) for a, b in zip(first, views(kind, "reference", images, seed=7, **options)))
+    other = views(kind, "batched", images, seed=8, **options)
     assert not torch.equal(first[1], other[1])
 
 

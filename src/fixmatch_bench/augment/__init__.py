@@ -9,8 +9,9 @@ either backend applies:
 - ``impl="reference"``: :mod:`.pil_ops`, per-image PIL, CPU only.
 
 Both draw identically, so with the same generator state they produce the
-same augmentation (pixel for pixel, up to the rounding differences measured
-in ``tests/test_augment_equivalence.py``).
+same augmentation; on CPU the two are bit-identical op by op
+(``tests/test_augment_equivalence.py``). Fills, quirks and deviations from the
+official code are documented in :mod:`.randaugment` and :mod:`.ctaugment`.
 """
 
 from __future__ import annotations

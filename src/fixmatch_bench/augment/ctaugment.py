@@ -48,7 +48,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .primitives import NUM_ARGS, Fill, Op
+from .primitives import Fill, Op, device_constant
 
 CTA_FILL = Fill(geometric=0, cutout=127)
 
@@ -197,7 +197,7 @@ class CTAugment:
             ],
             dim=-1,
         )
-        primitive = torch.tensor([int(prim) for _, prim, _ in CTA_OPS], device=device)
+        primitive = device_constant(tuple(int(prim) for _, prim, _ in CTA_OPS), torch.int64, device)
         return primitive[op], args
 
     # ------------------------------------------------------------ update
@@ -219,7 +219,7 @@ class CTAugment:
         # update of the same cell.
         same = (cell.unsqueeze(0) == cell.unsqueeze(1)) & valid.unsqueeze(0) & valid.unsqueeze(1)
         later = torch.triu(same, diagonal=1).sum(dim=1)
-        decay = torch.tensor(self.decay, dtype=torch.float64, device=op.device)
+        decay = torch.full((), self.decay, dtype=torch.float64, device=op.device)
         contribution = torch.where(valid, (1 - self.decay) * proximity * decay.pow(later), 0.0)
         count = torch.zeros(self.rates.numel(), dtype=torch.float64, device=op.device)
         count.index_add_(0, cell, valid.to(torch.float64))

@@ -37,6 +37,7 @@ Fill values are per augmenter, not per op: see :class:`Fill`.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from enum import IntEnum
 
@@ -106,3 +107,13 @@ def cutout_step(n: int, height: int, width: int, side: int, generator: torch.Gen
     args = torch.stack([torch.full((n,), side, device=device), rows, cols], dim=1).to(torch.float64)
     ops = torch.full((n, 1), int(Op.CUTOUT), dtype=torch.int64, device=device)
     return ops, args.unsqueeze(1)
+
+
+@functools.lru_cache(maxsize=None)
+def device_constant(values: tuple, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """A cached constant tensor; do not modify it.
+
+    Building it with ``torch.tensor(..., device=cuda)`` on every call would be a
+    host-to-device copy that synchronises the host.
+    """
+    return torch.tensor(values, dtype=dtype, device=device)

@@ -38,7 +38,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .primitives import NUM_ARGS, Fill, Op, cutout_step
+from .primitives import NUM_ARGS, Fill, Op, cutout_step, device_constant
 
 GRAY = 128
 RA_FILL = Fill(geometric=GRAY, cutout=GRAY)
@@ -100,7 +100,7 @@ def resolve(op: Tensor, level: Tensor, negate: Tensor) -> tuple[Tensor, Tensor]:
         Op.SHEAR_Y: shear,
     }
     values = torch.stack([candidates[prim].to(torch.float64) for _, prim in RA_OPS])
-    primitive = torch.tensor([int(prim) for _, prim in RA_OPS], device=op.device)
+    primitive = device_constant(tuple(int(prim) for _, prim in RA_OPS), torch.int64, op.device)
     value = values.gather(0, op.unsqueeze(0)).squeeze(0)
     args = torch.zeros(op.shape + (NUM_ARGS,), dtype=torch.float64, device=op.device)
     args[..., 0] = value

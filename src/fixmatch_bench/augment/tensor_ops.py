@@ -15,7 +15,7 @@ Every op reproduces Pillow's integer arithmetic, so that it matches
   fixed-point path (rotate, shear) and its float path for pure translations, as
   integer index gathers (no ``grid_sample``, so no resampling difference).
 - Rescale: PIL's two-pass separable resampling with 22-bit fixed-point weights,
-  done as exact float64 matrix products; NEAREST via PIL's affine path.
+  done as exact float64 matrix products; NEAREST via PIL's accumulated affine walk.
 
 On CPU each step buckets the samples by op (``index_select`` of the images
 that use it); on CUDA every op is computed for the whole batch and selected
@@ -31,7 +31,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from .primitives import MAX_ROTATE_DEGREES, NUM_ARGS, RESCALE_METHODS, Fill, Op
+from .primitives import MAX_ROTATE_DEGREES, NUM_ARGS, RESCALE_METHODS, Fill, Op, device_constant
 
 _FIXED_ONE = 1 << 16  # PIL's affine fixed point
 _RESAMPLE_BITS = 22  # PIL's 8-bit resampling precision (32 - 8 - 2)
@@ -172,8 +172,12 @@ def affine_nearest(images: Tensor, coefficients: Tensor, fill: int) -> Tensor:
     """PIL ``transform(AFFINE, (a, b, c, d, e, f), NEAREST)`` per sample.
 
     ``coefficients`` float64 [N, 6] map output (x, y) to input
-    (a x + b y + c, d x + e y + f). Like PIL, pure scale/translate matrices
-    (b = d = 0) use float pixel-centre rounding and the others 16.16 fixed point.
+    (a x + b y + c, d x + e y + f). Like PIL, matrices with b = d = 0 use
+    double pixel centres (``floor(a (x + 0.5) + c)``) and the others 16.16 fixed
+    point. PIL accumulates the former along the row (``x += a``); for the unit
+    steps used here (translations) that can differ from the direct product only
+    when ``c + 0.5`` lies within ~1e-14 of an integer, which the policies never
+    produce (RA offsets are integers, CTAugment's are within 0.3 px of 0).
     """
     n, c, h, w = images.shape
     a0, a1, a2, a3, a4, a5 = (v.view(n, 1, 1) for v in coefficients.to(torch.float64).unbind(1))
@@ -197,7 +201,7 @@ def affine_nearest(images: Tensor, coefficients: Tensor, fill: int) -> Tensor:
     valid = (src_x >= 0) & (src_x < w) & (src_y >= 0) & (src_y < h)
     index = torch.where(valid, src_y * w + src_x, 0).view(n, 1, h * w).expand(n, c, h * w)
     gathered = images.reshape(n, c, h * w).gather(2, index).view(n, c, h, w)
-    return torch.where(valid.view(n, 1, h, w), gathered, torch.full_like(gathered, fill))
+    return gathered.masked_fill(~valid.view(n, 1, h, w), fill)
 
 
 @functools.lru_cache(maxsize=None)
@@ -229,8 +233,8 @@ def _affine_from(slot: int) -> Callable[[Tensor, Tensor, Fill], Tensor]:
     """An op that writes args[0] into one slot of the identity affine matrix."""
 
     def op(images: Tensor, args: Tensor, fill: Fill) -> Tensor:
-        coefficients = torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 0.0], dtype=torch.float64, device=images.device)
-        coefficients = coefficients.repeat(images.shape[0], 1)
+        identity = device_constant((1.0, 0.0, 0.0, 0.0, 1.0, 0.0), torch.float64, images.device)
+        coefficients = identity.repeat(images.shape[0], 1)
         coefficients[:, slot] = _scalar(args).to(torch.float64)
         return affine_nearest(images, coefficients, fill.geometric)
 
@@ -238,6 +242,11 @@ def _affine_from(slot: int) -> Callable[[Tensor, Tensor, Fill], Tensor]:
 
 
 # ---------------------------------------------------------------- rescale
+
+_SUPPORTS = (3.0, 2.0, 1.0, 0.5, 1.0)  # lanczos, bicubic, bilinear, box, hamming
+# Pillow writes the Hamming window with float literals (0.54f, 0.46f).
+_HAMMING_A = float(torch.tensor(0.54, dtype=torch.float32))
+_HAMMING_B = float(torch.tensor(0.46, dtype=torch.float32))
 
 
 def _sinc(x: Tensor) -> Tensor:
@@ -262,21 +271,36 @@ def _resample_filters(x: Tensor) -> Tensor:
     return torch.stack([lanczos, bicubic, bilinear, box, hamming])
 
 
-_SUPPORTS = (3.0, 2.0, 1.0, 0.5, 1.0)
-# Pillow writes the Hamming window with float literals (0.54f, 0.46f).
-_HAMMING_A = float(torch.tensor(0.54, dtype=torch.float32))
-_HAMMING_B = float(torch.tensor(0.46, dtype=torch.float32))
 
 
-def _resample_matrix(size: int, start: Tensor, stop: Tensor, method: Tensor) -> Tensor:
-    """Fixed-point weights [N, size, size] of PIL's crop(start, stop) + resize back to size."""
-    device = start.device
-    n = start.shape[0]
-    crop = (stop - start).to(torch.float64).view(n, 1, 1)
+@functools.lru_cache(maxsize=None)
+def _nearest_scale_table(size: int, device: torch.device) -> Tensor:
+    """int64 [size + 1, size]: PIL's NEAREST resize source index from a crop of each width.
+
+    PIL walks the row accumulating ``x += crop / size`` in double from
+    ``crop / (2 size)``, so exact ties (e.g. 64 -> 96 px) land on the lower pixel;
+    a direct ``(x + 0.5) * crop / size`` would round them up.
+    """
+    rows = []
+    for crop in range(size + 1):
+        step, position, row = crop / size, crop / size * 0.5, []
+        for _ in range(size):
+            row.append(int(position))
+            position += step
+        rows.append(row)
+    return torch.tensor(rows, dtype=torch.int64, device=device)
+
+
+def _crop_resize_weights(size: int, crops: Tensor) -> Tensor:
+    """Fixed-point weights [6, M, size, size] of PIL's resize of a crop of width ``crops[m]``
+    (crop coordinates, columns >= the width are 0) back to ``size``, per method."""
+    device = crops.device
+    m = crops.shape[0]
+    crop = crops.to(torch.float64).view(m, 1, 1)
     out_pos = torch.arange(size, device=device, dtype=torch.float64).view(1, size, 1)
-    in_pos = torch.arange(size, device=device).view(1, 1, size) - start.view(n, 1, 1)  # crop coordinates
+    in_pos = torch.arange(size, device=device).view(1, 1, size)
     center = (out_pos + 0.5) * (crop / size)
-    support = torch.tensor(_SUPPORTS, dtype=torch.float64, device=device).view(-1, 1, 1, 1)
+    support = device_constant(_SUPPORTS, torch.float64, device).view(-1, 1, 1, 1)
     low = torch.trunc(center - support + 0.5).clamp(min=0)
     high = torch.minimum(torch.trunc(center + support + 0.5), crop)
     inside = (in_pos >= low) & (in_pos < high)
@@ -285,10 +309,31 @@ def _resample_matrix(size: int, start: Tensor, stop: Tensor, method: Tensor) -> 
     weights = torch.where(total != 0, weights / torch.where(total != 0, total, 1.0), weights)
     scaled = weights * float(1 << _RESAMPLE_BITS)
     fixed = torch.where(scaled < 0, torch.trunc(scaled - 0.5), torch.trunc(scaled + 0.5))
-    nearest_src = torch.trunc((crop / size) * (out_pos + 0.5))
+    nearest_src = _nearest_scale_table(size, device)[crops].view(m, size, 1)
     nearest = torch.where(in_pos == nearest_src, float(1 << _RESAMPLE_BITS), 0.0)
-    matrices = torch.cat([fixed, nearest.unsqueeze(0)])  # [6, N, size, size]
-    return matrices.gather(0, method.view(1, n, 1, 1).expand(1, n, size, size)).squeeze(0)
+    return torch.cat([fixed, nearest.unsqueeze(0)])
+
+
+def _min_crop(size: int) -> int:
+    """Narrowest crop a fraction <= 0.25 can give (rounding included)."""
+    return max(1, size // 2 - 1)
+
+
+@functools.lru_cache(maxsize=None)
+def _resample_table(size: int, device: torch.device) -> Tensor:
+    """:func:`_crop_resize_weights` for every reachable crop width: [widths, 6, size, size]."""
+    crops = torch.arange(_min_crop(size), size + 1, device=device)
+    return _crop_resize_weights(size, crops).transpose(0, 1).contiguous()
+
+
+def _resample_matrix(size: int, start: Tensor, stop: Tensor, method: Tensor) -> Tensor:
+    """Fixed-point weights [N, size, size] of PIL's crop(start, stop) + resize back to size."""
+    n = start.shape[0]
+    start = start.to(torch.int64)
+    local = _resample_table(size, start.device)[(stop.to(torch.int64) - start) - _min_crop(size), method]
+    columns = torch.arange(size, device=start.device).view(1, 1, size) - start.view(n, 1, 1)
+    shifted = local.gather(2, columns.clamp(min=0).expand(n, size, size))
+    return torch.where(columns >= 0, shifted, 0.0)
 
 
 def _resample_pass(values: Tensor, matrix: Tensor) -> Tensor:
@@ -320,7 +365,7 @@ def _cutout(images: Tensor, args: Tensor, fill: Fill) -> Tensor:
     ys = torch.arange(h, device=images.device).view(1, h, 1)
     xs = torch.arange(w, device=images.device).view(1, 1, w)
     inside = (ys >= cy - half) & (ys < cy + half) & (xs >= cx - half) & (xs < cx + half)
-    return torch.where(inside.unsqueeze(1), torch.full_like(images, fill.cutout), images)
+    return images.masked_fill(inside.unsqueeze(1), fill.cutout)
 
 
 _OPS: dict[Op, Callable[[Tensor, Tensor, Fill], Tensor]] = {
@@ -352,15 +397,22 @@ def apply_op(images: Tensor, op: Op, args: Tensor, fill: Fill) -> Tensor:
     return _OPS[Op(op)](images, args, fill)
 
 
-def apply_step(images: Tensor, ops: Tensor, args: Tensor, fill: Fill) -> Tensor:
-    """Apply ``ops[i]`` with ``args[i]`` to image i (ops int64 [N], args float64 [N, 3])."""
-    if images.is_cuda:
+def apply_step(images: Tensor, ops: Tensor, args: Tensor, fill: Fill, dense: bool | None = None) -> Tensor:
+    """Apply ``ops[i]`` with ``args[i]`` to image i (ops int64 [N], args float64 [N, 3]).
+
+    ``dense`` (default: on CUDA) computes every op on the whole batch and selects
+    per sample, with no host synchronisation; otherwise samples are bucketed by op.
+    """
+    if images.is_cuda if dense is None else dense:
         out = images
         for op, function in _OPS.items():
             out = torch.where((ops == op).view(-1, 1, 1, 1), function(images, args, fill), out)
         return out
+    present = torch.unique(ops).tolist()
+    if len(present) == 1:  # e.g. the final cutout step: no bucketing copies
+        return apply_op(images, Op(present[0]), args, fill)
     out = images.clone()
-    for op in torch.unique(ops).tolist():
+    for op in present:
         if op == Op.IDENTITY:
             continue
         index = (ops == op).nonzero().squeeze(1)
@@ -368,8 +420,8 @@ def apply_step(images: Tensor, ops: Tensor, args: Tensor, fill: Fill) -> Tensor:
     return out
 
 
-def apply_steps(images: Tensor, ops: Tensor, args: Tensor, fill: Fill) -> Tensor:
-    """Apply steps k = 0..K-1 in order (ops int64 [N, K], args float64 [N, K, 3])."""
+def apply_steps(images: Tensor, ops: Tensor, args: Tensor, fill: Fill, dense: bool | None = None) -> Tensor:
+    """Apply steps k = 0..K-1 in order (ops int64 [N, K], args float64 [N, K, 3]); see :func:`apply_step`."""
     check_images(images)
     if ops.shape != images.shape[:1] + ops.shape[1:2] or args.shape != ops.shape + (NUM_ARGS,):
         raise ValueError(
@@ -377,7 +429,7 @@ def apply_steps(images: Tensor, ops: Tensor, args: Tensor, fill: Fill) -> Tensor
             f"got {tuple(ops.shape)} and {tuple(args.shape)}"
         )
     for k in range(ops.shape[1]):
-        images = apply_step(images, ops[:, k], args[:, k], fill)
+        images = apply_step(images, ops[:, k], args[:, k], fill, dense)
     return images
 
 
