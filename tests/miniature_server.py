@@ -7,6 +7,8 @@ answers (unless told to ignore ranges), and logs every request. Faults, set on
 - ``missing``: names answered with 404;
 - ``drop_after``: name -> byte count; the next answer for that name announces
   the full length, sends that many body bytes and closes the connection (once);
+- ``reset_after``: the same, but the connection is reset (TCP RST), not closed;
+- ``stall_after``: the same, but the server then goes silent for ``stall_s``;
 - ``corrupt``: name -> offset; that byte is flipped in every answer;
 - ``unavailable``: name -> count; that many 503 answers come first;
 - ``ignore_range``: answer every request with 200 and the whole file.
@@ -19,7 +21,9 @@ from __future__ import annotations
 
 import re
 import socket
+import struct
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -34,6 +38,9 @@ _RANGE = re.compile(r"^bytes=(\d+)-(\d*)$")
 class Faults:
     missing: set[str] = field(default_factory=set)
     drop_after: dict[str, int] = field(default_factory=dict)
+    reset_after: dict[str, int] = field(default_factory=dict)
+    stall_after: dict[str, int] = field(default_factory=dict)
+    stall_s: float = 2.0
     corrupt: dict[str, int] = field(default_factory=dict)
     unavailable: dict[str, int] = field(default_factory=dict)
     ignore_range: bool = False
@@ -60,7 +67,7 @@ class FileServer:
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
         self._httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}/"
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
 
     def __enter__(self) -> FileServer:
         self._thread.start()
@@ -75,10 +82,14 @@ class FileServer:
         with self._lock:
             self.requests.append(Logged(name, range_header, status))
 
-    def _take_drop(self, name: str) -> int | None:
-        """The one-shot drop_after byte count for ``name``, removed once used."""
+    def _take_cut(self, name: str) -> tuple[str, int] | None:
+        """The one-shot (kind, byte count) of a drop, reset or stall for ``name``, removed once used."""
         with self._lock:
-            return self.faults.drop_after.pop(name, None)
+            for kind in ("drop_after", "reset_after", "stall_after"):
+                table = getattr(self.faults, kind)
+                if name in table:
+                    return kind, table.pop(name)
+            return None
 
     def _take_unavailable(self, name: str) -> bool:
         """Whether to answer 503 now; counts ``unavailable[name]`` down."""
@@ -135,10 +146,19 @@ class FileServer:
                 self.send_header("Connection", "close")
                 self.end_headers()
                 self.close_connection = True
-                drop = server._take_drop(name)
-                self.wfile.write(body if drop is None else body[:drop])
+                cut = server._take_cut(name)
+                self.wfile.write(body if cut is None else body[: cut[1]])
                 self.wfile.flush()
-                if drop is not None:
+                if cut is None:
+                    return
+                kind = cut[0]
+                if kind == "stall_after":
+                    time.sleep(server.faults.stall_s)
+                if kind == "reset_after":
+                    time.sleep(0.1)  # let the client read the bytes sent: an RST discards unread ones
+                    self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    self.connection.close()
+                else:
                     self.connection.shutdown(socket.SHUT_RDWR)
 
         return Handler

@@ -257,7 +257,7 @@ def _stream(url: str, part: Path, name: str, timeout_s: float, contacted: bool) 
             with open(part, "r+b" if start else "wb") as writer, _progress(name, total, start) as bar:
                 writer.seek(start)
                 writer.truncate()
-                while chunk := response.read(CHUNK_BYTES):
+                while chunk := response.read1(CHUNK_BYTES):  # read1: bytes received before a failure are kept
                     writer.write(chunk)
                     received += len(chunk)
                     bar.update(len(chunk))
