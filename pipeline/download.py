@@ -13,7 +13,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from fixmatch_bench.download import DownloadError, SourcesError, fetch_dataset, load_sources
+from fixmatch_bench.download import (
+    DownloadError,
+    SourcesError,
+    fetch_dataset,
+    load_sources,
+)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,8 +18,8 @@ from fixmatch_bench.download import (
     ChecksumError,
     DownloadError,
     RemoteFile,
-    SourceUnreachable,
     SourcesError,
+    SourceUnreachable,
     effective_mirror,
     fetch,
     fetch_dataset,
@@ -68,6 +68,13 @@ def test_fixture_block_parses_with_published_md5s_and_a_reader_per_dataset():
     assert sources.files("stl10")[0].md5 == "91f7769df0f17e558f3565bffb0c7dfb"
 
 
+FIRST = "sources.datasets.cifar10.files[0]"
+
+
+def _first_file(block: dict) -> dict:
+    return block["datasets"]["cifar10"]["files"][0]
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
@@ -75,9 +82,10 @@ def test_fixture_block_parses_with_published_md5s_and_a_reader_per_dataset():
         (lambda b: b.update(timeout_s=0), "sources.timeout_s must be a number > 0, got 0"),
         (lambda b: b.update(mirror=3), "sources.mirror must be null, a base URL or a directory, got 3"),
         (lambda b: b.pop("datasets"), "sources must have a 'datasets' entry"),
-        (lambda b: b["datasets"]["cifar10"]["files"][0].update(md5="xyz"), "sources.datasets.cifar10.files[0].md5 must be a hexadecimal md5 digest, got 'xyz'"),
-        (lambda b: b["datasets"]["cifar10"]["files"][0].update(name="../x"), "sources.datasets.cifar10.files[0].name must be a plain file name, got '../x'"),
-        (lambda b: b["datasets"]["cifar10"]["files"][0].update(sha1="ab"), "unknown keys ['sha1']"),
+        (lambda b: _first_file(b).update(md5="xyz"), f"{FIRST}.md5 must be a hexadecimal md5 digest, got 'xyz'"),
+        (lambda b: _first_file(b).update(name="../x"), f"{FIRST}.name must be a plain file name, got '../x'"),
+        (lambda b: _first_file(b).update(sha1="ab"), f"{FIRST} has unknown keys ['sha1']"),
+        (lambda b: _first_file(b).update(url="ftp://x/y"), f"{FIRST}.url must be an http:// or https:// URL, got 'ftp://x/y'"),
         (lambda b: b["datasets"]["cifar10"].update(files=[]), "sources.datasets.cifar10.files must be a non-empty list"),
     ],
 )

@@ -9,7 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from miniature_datasets import expected_images, md5_of, stl10_fold_indices, write_miniature, write_params
+from miniature_datasets import (
+    expected_images,
+    md5_of,
+    stl10_fold_indices,
+    write_miniature,
+    write_params,
+)
 from miniature_server import http_server  # noqa: F401  (fixture)
 
 from fixmatch_bench.download import MIRROR_ENV
@@ -76,7 +82,8 @@ def test_truncated_archive_with_a_wrong_configured_checksum_fails_prepare_cleanl
     result = _prepare("cifar10", params, tmp_path / "raw", tmp_path / "prepared" / "cifar10")
     assert result.returncode == 1
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
-    assert result.stderr.startswith(f"prepare cifar10: error: {tmp_path / 'raw' / 'cifar-10-python.tar.gz'}: corrupt or truncated archive (")
+    downloaded_archive = tmp_path / "raw" / "cifar-10-python.tar.gz"
+    assert result.stderr.startswith(f"prepare cifar10: error: {downloaded_archive}: corrupt or truncated archive (")
     assert not (tmp_path / "prepared").exists()
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import pickle
+import re
 from pathlib import Path
 
 import numpy as np
@@ -188,7 +189,8 @@ def test_bad_pickle_names_the_member(tmp_path):
 
 def test_pickle_with_code_is_refused(tmp_path):
     archive = _cifar10_archive(tmp_path / "c.tar.gz", data_batch_2=pickle.dumps({b"data": print}, protocol=2))
-    with pytest.raises(RawFormatError, match=r"data_batch_2: not a valid CIFAR pickle \(UnpicklingError: refusing to load __builtin__.print: CIFAR pickles only hold numpy arrays and lists"):
+    message = "data_batch_2: not a valid CIFAR pickle (UnpicklingError: refusing to load __builtin__.print: CIFAR pickles only hold"
+    with pytest.raises(RawFormatError, match=re.escape(message)):
         read_cifar10(archive)
 
 

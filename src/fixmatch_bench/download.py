@@ -26,14 +26,18 @@ import re
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
+import yaml
 from tqdm import tqdm
 
 MIRROR_ENV = "FIXMATCH_MIRROR"
-MIRROR_HINT = f"set sources.mirror in params.yaml or the {MIRROR_ENV} environment variable to a base URL or a local directory holding the files"
+MIRROR_HINT = (
+    f"set sources.mirror in params.yaml or the {MIRROR_ENV} environment variable to a base URL or a local directory holding the files"
+)
 CHUNK_BYTES = 1 << 20
 MAX_BACKOFF_S = 60.0
 _HEX = {"md5": re.compile(r"^[0-9a-f]{32}$"), "sha256": re.compile(r"^[0-9a-f]{64}$")}
@@ -110,7 +114,10 @@ def _parse_file(entry: Any, where: str) -> RemoteFile:
         if not isinstance(value, str) or not _HEX[kind].match(value.lower()):
             raise SourcesError(f"{where}.{kind} must be a hexadecimal {kind} digest, got {value!r}")
         checksums[kind] = value.lower()
-    return RemoteFile(name=name, url=str(_require(entry, "url", where)), **checksums)
+    url = _require(entry, "url", where)
+    if not isinstance(url, str) or not _is_url(url):
+        raise SourcesError(f"{where}.url must be an http:// or https:// URL, got {url!r}")
+    return RemoteFile(name=name, url=url, **checksums)
 
 
 def parse_sources(block: Any) -> Sources:
@@ -148,8 +155,6 @@ def parse_sources(block: Any) -> Sources:
 
 def load_sources(params_path: str | Path) -> Sources:
     """Read and validate the ``sources`` block of a params YAML file."""
-    import yaml
-
     path = Path(params_path)
     try:
         params = yaml.safe_load(path.read_text())
@@ -220,7 +225,8 @@ def _body_offset(response: http.client.HTTPResponse, offset: int, part: Path, ur
     if offset and match and int(match.group(1)) == offset:
         return offset
     part.unlink(missing_ok=True)
-    raise _Transient(f"unexpected partial answer (Content-Range {response.headers.get('Content-Range')!r}) for a resume at byte {offset} of {url}; restarting from scratch")
+    content_range = response.headers.get("Content-Range")
+    raise _Transient(f"unexpected partial answer (Content-Range {content_range!r}) to a resume at byte {offset} of {url}; restarting")
 
 
 def _stream(url: str, part: Path, name: str, timeout_s: float, contacted: bool) -> None:

@@ -9,13 +9,15 @@ its ``create_split.py`` draws the labeled folds from):
 
 - CIFAR-10: ``data_batch_1`` .. ``data_batch_5`` in order, then ``test_batch``.
   The official script reads the matlab tarball; this reads the python tarball
-  (torchvision's), which holds the same batches.
+  (torchvision's), whose layout the CIFAR page states is identical: the same
+  five train batches of 10,000 and the same test batch.
 - CIFAR-100: ``train`` / ``test`` with the 100 fine labels.
 - SVHN: ``X`` [32, 32, 3, N] transposed to [N, 32, 32, 3]; labels ``y`` in
   1..10 minus 1, exactly as the official code, so digit "0" (label 10) is class
   9 and digit d in 1..9 is class d - 1 (torchvision instead maps 10 -> 0).
-  ``svhn_extra`` appends ``extra`` after ``train`` (the official "svhn"; the
-  paper uses train only, i.e. ``svhn`` here).
+  ``svhn`` here is the official "svhn_noextra" (train only), which the paper
+  uses; the opt-in ``svhn_extra`` (the official "svhn") appends ``extra``
+  after ``train``.
 - STL-10: column-major 3x96x96 images, transposed with axes [0, 3, 2, 1];
   labels 1..10 minus 1; the 100,000 unlabeled images as ``unlabeled_images``;
   ``fold_indices.txt`` (one line of 0-based train indices per fold) as
@@ -31,9 +33,10 @@ import io
 import pickle
 import tarfile
 import zlib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Callable, Mapping
+from typing import IO, Any
 
 import numpy as np
 import scipy.io
@@ -153,8 +156,8 @@ def _cifar_batch(batch: Mapping[str, Any], label_key: str, num_classes: int, whe
     data = batch["data"]
     pixels = int(np.prod(CIFAR_SHAPE))
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != pixels:
-        shape = getattr(data, "shape", None)
-        raise RawFormatError(f"{where}: 'data' must be a uint8 array [N, {pixels}], got {type(data).__name__} {getattr(data, 'dtype', '')} {shape}")
+        got = f"{type(data).__name__} {getattr(data, 'dtype', '')} {getattr(data, 'shape', None)}"
+        raise RawFormatError(f"{where}: 'data' must be a uint8 array [N, {pixels}], got {got}")
     labels = _labels(batch[label_key], data.shape[0], 0, num_classes, where)
     images = np.ascontiguousarray(data.reshape((-1, *CIFAR_SHAPE)).transpose(0, 2, 3, 1))
     return images, labels
