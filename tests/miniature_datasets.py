@@ -5,8 +5,9 @@ names and binary layouts as the real downloads, only with a few images:
 
 - CIFAR-10: ``cifar-10-python.tar.gz`` / ``cifar-10-batches-py/`` with
   ``data_batch_1..5``, ``test_batch``, ``batches.meta``, ``readme.html``;
-  python-2 style pickles (bytes keys, ``str`` opcodes, arrays referring to
-  ``numpy.core.multiarray._reconstruct``), 12 images per batch, labels i % 10.
+  python-2 style protocol-2 pickles (every string a python 2 ``str``, so keys
+  load as bytes; arrays rebuilt by ``numpy.core.multiarray._reconstruct``),
+  12 images per batch, labels i % 10.
 - CIFAR-100: ``cifar-100-python.tar.gz`` / ``cifar-100-python/`` with
   ``train``, ``test``, ``meta``; 200 train (2 per fine class), 100 test.
 - SVHN: ``{train,test,extra}_32x32.mat`` (MATLAB v5, ``X`` uint8
@@ -80,18 +81,24 @@ def stl10_fold_indices() -> np.ndarray:
 
 
 class _Python2Pickler(pickle._Pickler):
-    """Writes bytes with python 2's ``str`` opcodes, as cPickle wrote the real CIFAR files."""
+    """Writes bytes and str with python 2's ``str`` opcodes, as cPickle wrote the real CIFAR files.
+
+    (Python 2 had no separate bytes type: keys, names, the array buffer and the
+    dtype's byte-order character were all byte strings.)
+    """
 
     dispatch = pickle._Pickler.dispatch.copy()
 
-    def _save_python2_str(self, obj: bytes) -> None:
-        if len(obj) < 256:
-            self.write(pickle.SHORT_BINSTRING + bytes([len(obj)]) + obj)
+    def _save_python2_str(self, obj: bytes | str) -> None:
+        data = obj.encode("latin1") if isinstance(obj, str) else obj
+        if len(data) < 256:
+            self.write(pickle.SHORT_BINSTRING + bytes([len(data)]) + data)
         else:
-            self.write(pickle.BINSTRING + struct.pack("<i", len(obj)) + obj)
+            self.write(pickle.BINSTRING + struct.pack("<i", len(data)) + data)
         self.memoize(obj)
 
     dispatch[bytes] = _save_python2_str
+    dispatch[str] = _save_python2_str
 
 
 def python2_pickle(obj: Any) -> bytes:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import pickle
 import re
 from pathlib import Path
 
@@ -188,7 +187,7 @@ def test_bad_pickle_names_the_member(tmp_path):
 
 
 def test_pickle_with_code_is_refused(tmp_path):
-    archive = _cifar10_archive(tmp_path / "c.tar.gz", data_batch_2=pickle.dumps({b"data": print}, protocol=2))
+    archive = _cifar10_archive(tmp_path / "c.tar.gz", data_batch_2=python2_pickle({b"data": print}))
     message = "data_batch_2: not a valid CIFAR pickle (UnpicklingError: refusing to load __builtin__.print: CIFAR pickles only hold"
     with pytest.raises(RawFormatError, match=re.escape(message)):
         read_cifar10(archive)
