@@ -51,3 +51,14 @@ def test_strong_view_always_has_a_gray_cutout_of_the_given_size() -> None:
     # the cutout square is 16 x 16 clipped: between 8 x 8 and 16 x 16 pixels (geometric fill can add more)
     assert (gray >= 64).all()
     assert (gray == 256).float().mean() > 0.1
+
+
+def test_translate_scale_shrinks_the_pixel_translation_for_small_images():
+    levels = torch.arange(1, 10)
+    index = [name for name, _ in randaugment.RA_OPS].index("TranslateX")
+    op = torch.full((9,), index)
+    ops, official = randaugment.resolve(op, levels, torch.zeros(9, dtype=torch.bool))
+    _, halved = randaugment.resolve(op, levels, torch.zeros(9, dtype=torch.bool), translate_scale=0.5)
+    assert (ops == int(Op.TRANSLATE_X)).all()
+    assert official[:, 0].tolist() == list(range(1, 10))  # official: level pixels
+    assert halved[:, 0].tolist() == [0, 1, 1, 2, 2, 3, 3, 4, 4]  # floor(level / 2)

@@ -112,6 +112,7 @@ def validate_params(params: dict) -> None:
                     "train_size", "test_size"):
             _number(params, f"datasets.{name}.{key}", 0, integer=True)
         _number(params, f"datasets.{name}.weight_decay", 0.0)
+        _number(params, f"datasets.{name}.ra_translate_scale", 0.0, 1.0, low_inclusive=False)
     methods = params.get("methods") or {}
     for name, method in methods.items():
         _choice(method.get("strong"), f"methods.{name}.strong", STRONG_AUGMENTATIONS)

@@ -240,8 +240,9 @@ def train(params: dict, run: Run, data_dir: Path, split_path: Path, out_dir: Pat
     ema = ModelEMA(model, hp["ema"])
     optimizer = make_optimizer(model, hp["lr"], hp["momentum"], hp["nesterov"], facts["weight_decay"])
     cutout = facts["cta_cutout"] if method["strong"] == "ctaugment" else facts["ra_cutout"]
+    options = {"ra_translate_scale": facts["ra_translate_scale"]} if method["strong"] == "randaugment" else {}
     augmenter = make_augmenter(strong=method["strong"], impl=params["augment"]["impl"], flip=facts["flip"],
-                               translate=facts["translate"], cutout=cutout)
+                               translate=facts["translate"], cutout=cutout, **options)
     alignment = (DistributionAlignment(facts["num_classes"], data.class_distribution)
                  if method["distribution_alignment"] else None)
     sample_generator = torch.Generator(device=device).manual_seed(seed)

@@ -116,8 +116,12 @@ class NoStrongAugmenter(Augmenter):
 class RandAugmenter(Augmenter):
     """``strong="randaugment"``: the official ``rac`` policy (:mod:`.randaugment`)."""
 
+    def __init__(self, *args: Any, translate_scale: float) -> None:
+        super().__init__(*args)
+        self.translate_scale = translate_scale
+
     def _strong_steps(self, n: int, height: int, width: int, generator: torch.Generator) -> tuple[Tensor, Tensor, Fill]:
-        ops, args = randaugment.sample_steps(n, height, width, self.cutout, generator)
+        ops, args = randaugment.sample_steps(n, height, width, self.cutout, generator, self.translate_scale)
         return ops, args, randaugment.RA_FILL
 
 
@@ -184,6 +188,7 @@ def make_augmenter(
     cta_decay: float = 0.99,
     cta_threshold: float = 0.8,
     cta_translate_fix: bool = False,
+    ra_translate_scale: float = 1.0,
 ) -> Augmenter:
     """Build the augmenter the training loop calls.
 
@@ -197,6 +202,9 @@ def make_augmenter(
     cta_depth / cta_decay / cta_threshold: CTAugment's official 2 / 0.99 / 0.8.
     cta_translate_fix: off by default (official: translate_x/y are no-ops);
         True translates by up to 30 % of the image instead.
+    ra_translate_scale: 1.0 (official) translates RandAugment by ``level`` px
+        (1..9) at any image size; a smaller factor scales that down for small
+        images (the quick suite's 16-px digits use 0.5).
     """
     if strong not in STRONG_KINDS:
         raise ValueError(f"strong must be one of {STRONG_KINDS}, got {strong!r}")
@@ -213,8 +221,13 @@ def make_augmenter(
     if strong == "ctaugment":
         cta = CTAugment(cta_depth, cta_decay, cta_threshold, cta_translate_fix)
         return CTAugmenter(strong, impl, flip, translate, cutout, cta=cta)
-    classes = {"randaugment": RandAugmenter, "none": NoStrongAugmenter}
-    return classes[strong](strong, impl, flip, translate, cutout)
+    if not isinstance(ra_translate_scale, (int, float)) or not 0 < ra_translate_scale <= 1 or (
+            strong != "randaugment" and ra_translate_scale != 1.0):
+        raise ValueError(f"ra_translate_scale must be in (0, 1] and only applies to strong='randaugment', "
+                         f"got {ra_translate_scale!r} with strong={strong!r}")
+    if strong == "randaugment":
+        return RandAugmenter(strong, impl, flip, translate, cutout, translate_scale=float(ra_translate_scale))
+    return NoStrongAugmenter(strong, impl, flip, translate, cutout)
 
 
 __all__ = ["Augmenter", "CTAugmenter", "make_augmenter"]
