@@ -97,7 +97,8 @@ class RunData:
 
 
 def _nchw(array: np.ndarray, device: torch.device) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(array)).permute(0, 3, 1, 2).contiguous().to(device)
+    """A memory-mapped NHWC array as an NCHW tensor on ``device`` (one read, one copy)."""
+    return torch.from_numpy(np.array(array)).permute(0, 3, 1, 2).contiguous().to(device)
 
 
 def load_run_data(data_dir: Path, split_path: Path, device: torch.device) -> RunData:
@@ -106,7 +107,7 @@ def load_run_data(data_dir: Path, split_path: Path, device: torch.device) -> Run
     split = read_split(split_path, dataset)
     indices = np.asarray(split["indices"], np.int64)
     train_images = _nchw(dataset.train_images, device)
-    train_targets = torch.from_numpy(np.asarray(dataset.train_labels)).to(device)
+    train_targets = torch.from_numpy(np.array(dataset.train_labels)).to(device)
     unlabeled_images, unlabeled_targets = train_images, train_targets
     if dataset.unlabeled_images is not None:  # the unlabeled set is train + extra unlabeled images
         extra = _nchw(dataset.unlabeled_images, device)
@@ -120,7 +121,7 @@ def load_run_data(data_dir: Path, split_path: Path, device: torch.device) -> Run
         unlabeled_images=unlabeled_images,
         unlabeled_targets=unlabeled_targets,
         test_images=_nchw(dataset.test_images, device),
-        test_targets=torch.from_numpy(np.asarray(dataset.test_labels)).to(device),
+        test_targets=torch.from_numpy(np.array(dataset.test_labels)).to(device),
         class_distribution=(histogram / histogram.sum()).float().to(device),
         dataset_sha256=dataset.sha256,
         split_sha256=hashlib.sha256(Path(split_path).read_bytes()).hexdigest(),
@@ -270,6 +271,11 @@ def train(params: dict, run: Run, data_dir: Path, split_path: Path, out_dir: Pat
     curves = Curves(live_dir, state["curves"] if state is not None else None)
 
     def checkpoint(step: int, finished: bool) -> None:
+        # Never replace a good checkpoint with diverged weights (the update after the last finite loss can overflow).
+        tensors = [t for t in model.state_dict().values() if t.is_floating_point()]
+        if not torch.stack([tensor.isfinite().all() for tensor in tensors]).all():
+            raise NonFiniteLoss(f"the weights became non-finite by step {step}; stopping, "
+                                "the last good checkpoint is kept")
         save_checkpoint(checkpoint_dir, {
             "fingerprint": run_fingerprint, "finished": finished, "step": step,
             "model": model.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
