@@ -19,7 +19,8 @@ def test_paper_suite_composes_and_validates(tmp_path):
     params = yaml.safe_load((tmp_path / "params.yaml").read_text())
     validate_params(params)
     assert params["suite_name"] == "paper" and params["train"]["steps"] == 2**20
-    assert len(expected_runs(params)) == 10 * 3 * 5
+    assert len(expected_runs(params)) == (10 * 3 + 1) * 5  # + distribution alignment on CIFAR-100@400
+    assert expected_runs(params)[-1].key == "cifar100_400-fixmatch_cta_da-5"
 
 
 def test_expected_runs_of_the_quick_suite(params):
@@ -55,6 +56,7 @@ def _with(params: dict, key: str, value) -> dict:
     ("cells", ["cifar10_40"], "invalid params: cells: dataset of cifar10_40 (must be listed in data) = 'cifar10' (allowed: digits)"),
     ("ssl_methods", ["mixmatch"], "invalid params: ssl_methods = 'mixmatch' (allowed: fixmatch_cta, fixmatch_cta_da, fixmatch_ra)"),
     ("ssl_methods", ["supervised"], "invalid params: ssl_methods = 'supervised' (allowed: fixmatch_cta, fixmatch_cta_da, fixmatch_ra)"),
+    ("da_cells", ["digits_40"], "invalid params: da_cells = 'digits_40' (allowed: digits_20)"),
     ("folds", [0], "invalid params: folds = 0 (split seeds are integers >= 1 (seed 0 means unshuffled))"),
     ("folds", [1, 1], "invalid params: folds = [1, 1] (a non-empty list of distinct positive integers (split seeds))"),
     ("methods.fixmatch_ra.strong", "autoaugment", "invalid params: methods.fixmatch_ra.strong = 'autoaugment' (allowed: none, randaugment, ctaugment)"),

@@ -140,6 +140,11 @@ def validate_params(params: dict) -> None:
     allowed = sorted(name for name, spec in methods.items() if spec.get("unlabeled"))
     for method in ssl_methods:
         _choice(method, "ssl_methods", allowed)
+    da_cells = params.get("da_cells")
+    if not isinstance(da_cells, list):
+        _fail("da_cells", da_cells, "a list of cells (possibly empty)")
+    for cell in da_cells:
+        _choice(cell, "da_cells", cells)
 
 
 def load_params(path: str | Path = "params.yaml") -> dict:
@@ -151,10 +156,12 @@ def load_params(path: str | Path = "params.yaml") -> dict:
 
 
 def expected_runs(params: dict) -> list[Run]:
-    """Every run the params ask for: each cell's supervised baseline, then each semi-supervised method."""
+    """Every run the params ask for: each cell's supervised baseline, each semi-supervised method,
+    then distribution alignment on ``da_cells``."""
+    pairs = [(cell, method) for method in ["supervised", *params["ssl_methods"]] for cell in params["cells"]]
+    pairs += [(cell, "fixmatch_cta_da") for cell in params["da_cells"]]
     runs = []
-    for method in ["supervised", *params["ssl_methods"]]:
-        for cell in params["cells"]:
-            dataset, labels = parse_cell(cell, params["datasets"])
-            runs.extend(Run(dataset, labels, method, fold) for fold in params["folds"])
+    for cell, method in pairs:
+        dataset, labels = parse_cell(cell, params["datasets"])
+        runs.extend(Run(dataset, labels, method, fold) for fold in params["folds"])
     return runs

@@ -86,6 +86,7 @@ def save_prepared(directory: str | Path, name: str, num_classes: int, arrays: di
     target = Path(directory)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    staging.chmod(0o755)  # mkdtemp makes it private; the dataset is ordinary shared data
     try:
         for key, value in arrays.items():
             np.save(staging / f"{key}.npy", value)
