@@ -1,9 +1,9 @@
 import json
 import math
-from dataclasses import dataclass
 
 import pytest
 
+from fixmatch_bench.config import Run
 from fixmatch_bench.report.cells import (
     ResultsError,
     aggregate_cells,
@@ -15,13 +15,6 @@ from fixmatch_bench.report.cells import (
     summary,
 )
 
-
-@dataclass(frozen=True)
-class Run:
-    dataset: str
-    labels: int
-    method: str
-    fold: int
 
 
 def write_metrics(results, run, error, device="cpu", wall_time_s=100.0, steps=1024, **extra):

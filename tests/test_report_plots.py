@@ -1,10 +1,10 @@
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from fixmatch_bench.config import Run
 from fixmatch_bench.report.cells import CellResult, run_dir_name
 from fixmatch_bench.report.plots import (
     Curve,
@@ -20,13 +20,6 @@ from fixmatch_bench.report.published import load_published
 
 PUBLISHED = load_published(Path(__file__).resolve().parents[1] / "reports" / "published.yaml")
 
-
-@dataclass(frozen=True)
-class Run:
-    dataset: str
-    labels: int
-    method: str
-    fold: int
 
 
 def assert_png(path, size):

@@ -1,8 +1,8 @@
 import csv
 import io
-from dataclasses import dataclass
 from pathlib import Path
 
+from fixmatch_bench.config import Run
 from fixmatch_bench.report.cells import CellResult, RunResult
 from fixmatch_bench.report.published import parse_published
 from fixmatch_bench.report.tables import (
@@ -54,13 +54,6 @@ CELLS = [
     cell("digits", 20, "fixmatch_ra", {1: 2.0, 2: 3.0}, (1, 2)),        # 2.50 ± 0.71 (2/2)
 ]
 
-
-@dataclass(frozen=True)
-class Run:
-    dataset: str
-    labels: int
-    method: str
-    fold: int
 
 
 COLLECTED = [
