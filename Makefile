@@ -12,7 +12,7 @@ test: install  ## run the test suite
 	$(UV) run pytest -q
 
 install: uv  ## the locked environment (uv.lock) in .venv
-	$(UV) sync --frozen
+	$(UV) sync --frozen --compile-bytecode  # .pyc up front: each stage starts a fresh python (PYTHONDONTWRITEBYTECODE may be set)
 
 uv:  ## bootstrap uv from PyPI if it is missing
 	@command -v $(UV) >/dev/null 2>&1 || python3 -m pip install --user --quiet uv
