@@ -43,6 +43,7 @@ def svhn_train_labels() -> np.ndarray:
 
 def write_svhn_unbalanced(directory: Path) -> list[str]:
     """``train_32x32.mat`` (unbalanced) and ``test_32x32.mat`` (the standard miniature)."""
+    directory.mkdir(parents=True, exist_ok=True)
     labels = svhn_train_labels()
     train = svhn_mat(len(labels), "train")
     train["y"] = (labels + 1).astype(np.uint8).reshape(-1, 1)  # native labels 1..10 are prepared class + 1
@@ -70,6 +71,7 @@ def _stl10_train_bytes(count: int, chunk: int = 101) -> bytes:
 
 def write_stl10_large(directory: Path) -> list[str]:
     """``stl10_binary.tar.gz`` with STL10_TRAIN train images and 1000-index folds."""
+    directory.mkdir(parents=True, exist_ok=True)
     members = stl10_members()
     members["train_X.bin"] = _stl10_train_bytes(STL10_TRAIN)
     members["train_y.bin"] = bytes(stl10_label(i) for i in range(STL10_TRAIN))
@@ -84,7 +86,6 @@ def write_paper_miniatures(directory: Path) -> dict[str, list[dict[str, str]]]:
     Returns each dataset's ``files`` list for ``sources.datasets`` (name, a
     never-resolving canonical URL, md5), for use with ``directory`` served as a mirror.
     """
-    directory.mkdir(parents=True, exist_ok=True)
     files = {}
     for dataset in ("cifar10", "cifar100"):
         files[dataset] = write_miniature(dataset, directory)["datasets"][dataset]["files"]
