@@ -17,6 +17,7 @@ import numpy as np
 import scipy.io
 
 from miniature_datasets import (
+    STL10_FOLDS,
     SVHN_COUNTS,
     UNREACHABLE_BASE,
     _fix_mat_header,
@@ -32,8 +33,6 @@ from miniature_datasets import (
 # Prepared class c (0..9) -> number of SVHN train images: 2 : 1 : 1/2 proportions.
 SVHN_TRAIN_CLASS_COUNTS = (20, 20, 10, 10, 10, 10, 5, 5, 5, 5)
 STL10_TRAIN = 1010
-STL10_FOLD_SIZE = 1000  # as in the real fold_indices.txt
-STL10_FOLDS = 10
 
 
 def svhn_train_labels() -> np.ndarray:
@@ -55,7 +54,7 @@ def write_svhn_unbalanced(directory: Path) -> list[str]:
 
 
 def stl10_large_folds() -> np.ndarray:
-    """Fold f: every train index i with ``i % 101 != f`` (1000 of 1010), written in descending order."""
+    """Fold f: every train index i with ``i % 101 != f`` (1000 of 1010, as many as a real fold), in descending order."""
     index = np.arange(STL10_TRAIN)
     return np.stack([index[index % 101 != fold][::-1] for fold in range(STL10_FOLDS)])
 
