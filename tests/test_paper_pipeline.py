@@ -1,0 +1,175 @@
+"""A miniature paper suite (CIFAR-10/100, SVHN, STL-10) through the real DVC pipeline.
+
+The raw files are the native-format miniatures of :mod:`paper_miniatures`,
+served over loopback HTTP and reached through ``sources.mirror``; everything
+that differs from the paper suite (dataset sizes, a tiny network, a few steps,
+the miniatures' md5s) lives in ``conf/suite/mini_paper.yaml``, written here and
+composed on top of ``conf/config.yaml``. The real configuration is not edited.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from conftest import REPO
+from miniature_server import FileServer, closed_port_url
+from paper_miniatures import STL10_TRAIN, SVHN_TRAIN_CLASS_COUNTS, stl10_large_folds, write_paper_miniatures
+from test_pipeline import dvc, git
+
+DATASETS = ("cifar10", "cifar100", "svhn", "stl10")
+# The miniatures' sizes (train, test), see miniature_datasets and paper_miniatures.
+SIZES = {"cifar10": (60, 20), "cifar100": (200, 100), "svhn": (sum(SVHN_TRAIN_CLASS_COUNTS), 20),
+         "stl10": (STL10_TRAIN, 10)}
+CELLS = ("cifar10_20", "cifar100_100", "svhn_20", "stl10_1000")
+TINY_NETWORK = {"filters": 8, "scales": 2, "repeat": 1}
+TRAIN = {"steps": 4, "batch": 4, "uratio": 1, "ema": 0.9, "eval_every": 2, "median_of_last": 2, "eval_batch": 256,
+         "log_every": 2, "checkpoint_every": 4, "device": "cpu"}
+
+
+def suite_file(files: dict[str, list[dict[str, str]]], mirror: str | None) -> str:
+    """``conf/suite/mini_paper.yaml``: the paper suite's datasets at miniature sizes."""
+    suite = {
+        "suite_name": "mini_paper",
+        "folds": [1],
+        "data": list(DATASETS),
+        "cells": list(CELLS),
+        "ssl_methods": ["fixmatch_ra"],
+        "train": TRAIN,
+        "sources": {"mirror": mirror, "retries": 1, "timeout_s": 10, "backoff_s": 0.01,
+                    "datasets": {name: {"files": files[name]} for name in files}},
+        "datasets": {name: {"train_size": train, "test_size": test, "network": TINY_NETWORK}
+                     for name, (train, test) in SIZES.items()},
+    }
+    return "# @package _global_\n" + yaml.safe_dump(suite, sort_keys=False)
+
+
+def clone_with_suite(destination: Path, suite: str) -> Path:
+    """The working tree's files (tracked and untracked, not ignored) in a fresh git repo, params on ``suite``."""
+    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, check=True,
+                            capture_output=True, text=True).stdout.split("\0")
+    for name in filter(None, listed):
+        source = REPO / name
+        if source.is_file() and not name.startswith(("results/", "data/", "reports/baseline/")):
+            (destination / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, destination / name)
+    (destination / "conf/suite/mini_paper.yaml").write_text(suite)
+    subprocess.run([sys.executable, "-m", "fixmatch_bench.compose", "params.yaml", "suite=mini_paper"],
+                   cwd=destination, check=True)
+    (destination / "dvc.lock").unlink(missing_ok=True)
+    git(destination, "init", "-q")
+    git(destination, "add", "-A")
+    git(destination, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "mini paper suite")
+    return destination
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory) -> Iterator[tuple[FileServer, dict[str, list[dict[str, str]]]]]:
+    """The loopback HTTP server over the paper miniatures, and their ``files`` lists."""
+    directory = tmp_path_factory.mktemp("served")
+    files = write_paper_miniatures(directory)
+    with FileServer(directory) as server:
+        yield server, files
+
+
+@pytest.fixture(scope="module")
+def paper_repo(tmp_path_factory, served) -> Path:
+    """A repo copy on the mini paper suite, after ``dvc repro aggregate``."""
+    server, files = served
+    repo = clone_with_suite(tmp_path_factory.mktemp("paper"), suite_file(files, server.url))
+    dvc(repo, "repro", "aggregate")
+    return repo
+
+
+def test_every_raw_file_came_from_the_mirror_server(paper_repo, served):
+    server, files = served
+    fetched = {request.name for request in server.requests if request.status == 200}
+    assert fetched == {entry["name"] for entries in files.values() for entry in entries}
+    for dataset, entries in files.items():
+        for entry in entries:
+            assert hashlib.md5((paper_repo / "data/raw" / dataset / entry["name"]).read_bytes()).hexdigest() == entry["md5"]
+
+
+def test_reports_list_all_four_datasets(paper_repo):
+    for name in ("results.md", "results.csv", "results.tex", "cost.md", "cost.csv", "summary.json",
+                 "error_curves.png", "error_vs_labels.png", "training_signals.png"):
+        assert (paper_repo / "reports" / name).stat().st_size > 0
+    summary = json.loads((paper_repo / "reports/summary.json").read_text())
+    runs = {f"{cell}-{method}" for cell in CELLS for method in ("supervised", "fixmatch_ra")}
+    assert set(summary) - {"folds_missing", "mask_rate"} == runs
+    assert summary["folds_missing"] == dict.fromkeys(runs, 0)
+    table = (paper_repo / "reports/results.csv").read_text()
+    for dataset in DATASETS:
+        assert dataset in table
+
+
+def test_every_run_records_the_hashes_of_its_split_and_prepared_data(paper_repo):
+    for cell in CELLS:
+        dataset = cell.rsplit("_", 1)[0]
+        split_path = paper_repo / f"data/splits/{cell}-1.json"
+        info = json.loads((paper_repo / f"data/prepared/{dataset}/info.json").read_text())
+        assert json.loads(split_path.read_text())["dataset_sha256"] == info["sha256"]
+        for method in ("supervised", "fixmatch_ra"):
+            metrics = json.loads((paper_repo / f"results/{cell}-{method}-1/metrics.json").read_text())
+            assert metrics["split_sha256"] == hashlib.sha256(split_path.read_bytes()).hexdigest()
+            assert metrics["dataset_sha256"] == info["sha256"]
+            assert metrics["steps"] == TRAIN["steps"] and 0 <= metrics["error"] <= 100
+
+
+def test_labeled_indices_lie_in_the_unlabeled_set(paper_repo):
+    for cell in CELLS:
+        dataset, labels = cell.rsplit("_", 1)
+        split = json.loads((paper_repo / f"data/splits/{cell}-1.json").read_text())
+        indices = split["indices"]
+        # The unlabeled set is the whole train set (then STL-10's extra images): labeled ⊂ train ⊂ unlabeled.
+        assert len(indices) == len(set(indices)) == int(labels)
+        assert indices == sorted(indices) and 0 <= indices[0] and indices[-1] < SIZES[dataset][0]
+        train_labels = np.load(paper_repo / f"data/prepared/{dataset}/train_labels.npy")
+        num_classes = json.loads((paper_repo / f"data/prepared/{dataset}/info.json").read_text())["num_classes"]
+        assert split["class_histogram"] == np.bincount(train_labels[indices], minlength=num_classes).tolist()
+
+
+def test_balanced_datasets_get_equal_classes_and_svhn_a_class_distribution_matched_split(paper_repo):
+    histogram = {cell: json.loads((paper_repo / f"data/splits/{cell}-1.json").read_text())["class_histogram"]
+                 for cell in CELLS}
+    assert histogram["cifar10_20"] == [2] * 10
+    assert histogram["cifar100_100"] == [1] * 100
+    # SVHN train holds 20, 20, 10, 10, 10, 10, 5, 5, 5, 5 images per class: 20 labels keep those proportions.
+    assert histogram["svhn_20"] == [4, 4, 2, 2, 2, 2, 1, 1, 1, 1]
+
+
+def test_stl10_at_1000_labels_is_the_predefined_fold_of_the_prepared_data(paper_repo):
+    split = json.loads((paper_repo / "data/splits/stl10_1000-1.json").read_text())
+    assert "predefined fold 1" in split["source"]
+    assert split["indices"] == sorted(stl10_large_folds()[1].tolist())
+    assert split["indices"] == [i for i in range(STL10_TRAIN) if i % 101 != 1]
+    assert np.load(paper_repo / "data/prepared/stl10/unlabeled_images.npy").shape == (6, 96, 96, 3)
+
+
+def test_a_second_repro_is_up_to_date(paper_repo):
+    assert "Data and pipelines are up to date." in dvc(paper_repo, "repro", "aggregate").stdout
+
+
+def test_unreachable_source_without_mirror_is_one_line_naming_the_url_and_the_mirror_setting(tmp_path, served):
+    _, files = served
+    url = closed_port_url() + files["cifar10"][0]["name"]
+    unreachable = {**files, "cifar10": [{**files["cifar10"][0], "url": url}]}
+    repo = clone_with_suite(tmp_path, suite_file(unreachable, None))
+    failed = dvc(repo, "repro", "download@cifar10", check=False)
+    assert failed.returncode != 0
+    output = failed.stdout + failed.stderr
+    assert "Traceback" not in output
+    lines = [line for line in output.splitlines() if line.startswith("download cifar10: error:")]
+    assert len(lines) == 1
+    assert f"could not reach {url}" in lines[0]
+    assert "set sources.mirror in params.yaml or the FIXMATCH_MIRROR environment variable" in lines[0]
+    assert not (repo / "data/raw/cifar10/cifar-10-python.tar.gz").exists()
