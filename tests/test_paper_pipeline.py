@@ -44,6 +44,7 @@ def suite_file(files: dict[str, list[dict[str, str]]], mirror: str | None) -> st
         "data": list(DATASETS),
         "cells": list(CELLS),
         "ssl_methods": ["fixmatch_ra"],
+        "da_cells": [],
         "train": TRAIN,
         "sources": {"mirror": mirror, "retries": 1, "timeout_s": 10, "backoff_s": 0.01,
                     "datasets": {name: {"files": files[name]} for name in files}},

@@ -20,6 +20,7 @@ folds: [1]
 data: [digits]
 cells: [digits_20]
 ssl_methods: [fixmatch_ra]
+da_cells: []
 train:
   steps: 24
   batch: 8
