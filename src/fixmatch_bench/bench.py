@@ -94,7 +94,7 @@ def full_configs() -> list[BenchConfig]:
 
 def reduced_configs() -> list[BenchConfig]:
     """The CPU smoke version: CIFAR-shaped images, a small network, B=2 (mu=7), a few steps."""
-    return [BenchConfig("reduced CPU: WRN-10-1 32px RandAugment, B=2, mu=7", {"filters": 16, "scales": 2, "repeat": 1},
+    return [BenchConfig("reduced CPU: ResNet filters 16, 2 scales x 1 block, 32px RandAugment, B=2, mu=7", {"filters": 16, "scales": 2, "repeat": 1},
                         batch=2, train_size=2048, test_size=256, steps=16, warmup=4, breakdown_steps=8,
                         eval_every=8, eval_batch=256)]
 
@@ -312,6 +312,7 @@ def run_benchmark(device: torch.device | None = None, reduced: bool | None = Non
     reduced = device.type != "cuda" if reduced is None else reduced
     workers = workers or os.cpu_count() or 1
     speed = GPU_SPEED if device.type == "cuda" else SpeedOptions()
+    load_average = os.getloadavg()[0]  # other processes on the host skew every figure
     results = []
     for config in (reduced_configs() if reduced else full_configs()):
         data = RandomData.make(config)
@@ -322,7 +323,8 @@ def run_benchmark(device: torch.device | None = None, reduced: bool | None = Non
             row["ratio"] = row["suite"]["steps_per_s"] / row["peers"]["steps_per_s"]
         results.append(row)
     return {"device": device_name(device), "device_type": device.type, "reduced": reduced,
-            "torch": torch.__version__, "cpu_cores": os.cpu_count(), "results": results}
+            "torch": torch.__version__, "cpu_cores": os.cpu_count(), "load_average_1min": load_average,
+            "results": results}
 
 
 def _figure(value: float | None, unit: str = "") -> str:
@@ -334,7 +336,8 @@ def render_markdown(report: dict[str, Any]) -> str:
     gpu = report["device_type"] == "cuda"
     lines = ["# Throughput of full FixMatch steps", "",
              f"Device: {report['device']}; torch {report['torch']}; "
-             f"{'full GPU suite' if not report['reduced'] else 'REDUCED configuration (smoke test, not a GPU figure)'}.",
+             f"{'full GPU suite' if not report['reduced'] else 'REDUCED configuration (smoke test, not a GPU figure)'}; "
+             f"host load average at start {report['load_average_1min']:.2f}.",
              "", "Made by `python -m fixmatch_bench.bench` (random uint8 data; a step = augmentation, "
              "forward/backward of labeled + weak + strong, SGD, EMA; periodic EMA evaluation included).",
              "(a) peers: per-image PIL RandAugment in DataLoader workers (one per core), fp32 eager. "
