@@ -14,6 +14,8 @@ from typing import Any
 
 import yaml
 
+from .speed import COMPILE, COMPILE_MODES, OPTIMIZER_IMPLS, SpeedOptions
+
 STRONG_AUGMENTATIONS = ("none", "randaugment", "ctaugment")
 AUGMENT_IMPLS = ("batched", "reference")
 DEVICES = ("auto", "cpu", "cuda")
@@ -74,6 +76,20 @@ def _choice(value: Any, key: str, allowed: tuple[str, ...] | list[str]) -> None:
         _fail(key, value, f"allowed: {', '.join(map(str, allowed))}")
 
 
+def _validate_speed(params: dict) -> None:
+    speed = params.get("speed")
+    if not isinstance(speed, dict):
+        _fail("speed", speed, "a mapping of speed options")
+    for key in sorted(set(speed) - set(SpeedOptions.__dataclass_fields__)):
+        _fail(f"speed.{key}", speed[key], f"not a speed option; allowed: {', '.join(SpeedOptions.__dataclass_fields__)}")
+    for key in ("channels_last", "autocast_bf16", "weak_no_grad"):
+        if not isinstance(speed.get(key), bool):
+            _fail(f"speed.{key}", speed.get(key), "allowed: true, false")
+    _choice(speed.get("compile"), "speed.compile", COMPILE)
+    _choice(speed.get("compile_mode"), "speed.compile_mode", COMPILE_MODES)
+    _choice(speed.get("optimizer_impl"), "speed.optimizer_impl", OPTIMIZER_IMPLS)
+
+
 def parse_cell(cell: str, datasets: dict[str, Any], key: str = "cells") -> tuple[str, int]:
     """Split ``cifar10_40`` into (``cifar10``, 40), checking it against the dataset table."""
     match = CELL_PATTERN.match(str(cell))
@@ -105,6 +121,7 @@ def validate_params(params: dict) -> None:
               f"must be a multiple of train.log_every = {train['log_every']}")
     _choice(train.get("device"), "train.device", DEVICES)
     _choice(params.get("augment", {}).get("impl"), "augment.impl", AUGMENT_IMPLS)
+    _validate_speed(params)
 
     datasets = params.get("datasets") or {}
     for name, facts in datasets.items():

@@ -36,12 +36,16 @@ def fixmatch_loss(
     threshold: float,
     unlabeled_weight: float,
     align: Callable[[Tensor], Tensor] | None = None,
+    weak_no_grad: bool = False,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Return the loss to minimise and detached tensors to log.
 
     ``align`` maps the weak-view class probabilities to the distribution the
     pseudo-label and the mask are taken from (distribution alignment); the
     un-aligned probabilities are returned as ``weak_probs`` for its update.
+    ``weak_no_grad`` (ALGORITHM-CHANGING speed option, off in the official
+    method) runs the weak view in its own forward pass under ``no_grad``: BatchNorm
+    then sees the weak images' statistics separately (see :mod:`.speed`).
     """
     if batch.weak is None:
         logits_x = model(batch.labeled)
@@ -49,8 +53,13 @@ def fixmatch_loss(
         return loss, {"loss": loss.detach(), "loss_x": loss.detach()}
 
     n_x, n_u = batch.labeled.shape[0], batch.weak.shape[0]
-    logits = model(torch.cat([batch.labeled, batch.weak, batch.strong]))
-    logits_x, logits_weak, logits_strong = logits.split([n_x, n_u, n_u])
+    if weak_no_grad:
+        with torch.no_grad():
+            logits_weak = model(batch.weak)
+        logits_x, logits_strong = model(torch.cat([batch.labeled, batch.strong])).split([n_x, n_u])
+    else:
+        logits = model(torch.cat([batch.labeled, batch.weak, batch.strong]))
+        logits_x, logits_weak, logits_strong = logits.split([n_x, n_u, n_u])
     loss_x = F.cross_entropy(logits_x, batch.targets)
 
     weak_probs = torch.softmax(logits_weak.detach().float(), dim=1)

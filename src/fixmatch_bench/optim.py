@@ -18,10 +18,14 @@ def weight_decay_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decayed, "weight_decay": weight_decay}, {"params": other, "weight_decay": 0.0}]
 
 
-def make_optimizer(model: nn.Module, lr: float, momentum: float, nesterov: bool, weight_decay: float) -> torch.optim.SGD:
-    """SGD with Nesterov momentum; SGD's weight_decay adds wd*w to the gradient = d/dw of wd*||w||^2/2."""
+def make_optimizer(model: nn.Module, lr: float, momentum: float, nesterov: bool, weight_decay: float,
+                   **impl: bool) -> torch.optim.SGD:
+    """SGD with Nesterov momentum; SGD's weight_decay adds wd*w to the gradient = d/dw of wd*||w||^2/2.
+
+    ``impl`` picks the implementation (``foreach=`` / ``fused=``, see :mod:`.speed`), not the maths.
+    """
     return torch.optim.SGD(weight_decay_groups(model, weight_decay), lr=lr, momentum=momentum,
-                           nesterov=nesterov, dampening=0.0)
+                           nesterov=nesterov, dampening=0.0, **impl)
 
 
 def cosine_lr(base_lr: float, step: int, total_steps: int) -> float:

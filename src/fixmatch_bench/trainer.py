@@ -33,6 +33,7 @@ from .fixmatch import Batch, fixmatch_loss
 from .optim import cosine_lr, make_optimizer
 from .prepared import load_prepared
 from .sampling import IndexStream
+from .speed import SpeedOptions, fast_forward, prepare_model
 from .splits import read_split
 from .wide_resnet import WideResNet
 
@@ -146,6 +147,7 @@ def fingerprint(params: dict, run: Run, data: RunData) -> dict:
         "augment": params["augment"],
         "dataset": params["datasets"][run.dataset],
         "method": method,
+        "speed": SpeedOptions.from_params(params.get("speed")).fingerprint(),
         "dataset_sha256": data.dataset_sha256,
         "split_sha256": data.split_sha256,
     }
@@ -237,9 +239,13 @@ def train(params: dict, run: Run, data_dir: Path, split_path: Path, out_dir: Pat
     torch.manual_seed(seed)
     random.seed(seed)
     np.random.seed(seed)
+    speed = SpeedOptions.from_params(params.get("speed"))
     model = WideResNet(num_classes=facts["num_classes"], in_channels=facts["channels"], **facts["network"]).to(device)
+    prepare_model(model, speed)
     ema = ModelEMA(model, hp["ema"])
-    optimizer = make_optimizer(model, hp["lr"], hp["momentum"], hp["nesterov"], facts["weight_decay"])
+    optimizer = make_optimizer(model, hp["lr"], hp["momentum"], hp["nesterov"], facts["weight_decay"],
+                               **speed.optimizer_kwargs())
+    forward, ema_forward = fast_forward(model, speed), fast_forward(ema.module, speed)
     cutout = facts["cta_cutout"] if method["strong"] == "ctaugment" else facts["ra_cutout"]
     options = {"ra_translate_scale": facts["ra_translate_scale"]} if method["strong"] == "randaugment" else {}
     augmenter = make_augmenter(strong=method["strong"], impl=params["augment"]["impl"], flip=facts["flip"],
@@ -306,8 +312,9 @@ def train(params: dict, run: Run, data_dir: Path, split_path: Path, out_dir: Pat
                           weak=to_model_input(augmenter.weak(unlabeled, augment_generator)),
                           strong=to_model_input(augmenter.strong(unlabeled, augment_generator)),
                           unlabeled_targets=data.unlabeled_targets[unlabeled_index])
-        loss, logs = fixmatch_loss(model, batch, params["threshold"], hp["unlabeled_weight"] * uses_unlabeled,
-                                   align=alignment.align if alignment is not None else None)
+        loss, logs = fixmatch_loss(forward, batch, params["threshold"], hp["unlabeled_weight"] * uses_unlabeled,
+                                   align=alignment.align if alignment is not None else None,
+                                   weak_no_grad=speed.weak_no_grad)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -318,7 +325,7 @@ def train(params: dict, run: Run, data_dir: Path, split_path: Path, out_dir: Pat
             probes, policies = augmenter.probe(labeled, augment_generator)
             ema.module.eval()
             with torch.no_grad():
-                probabilities = torch.softmax(ema.module(to_model_input(probes)).float(), dim=1)
+                probabilities = torch.softmax(ema_forward(to_model_input(probes)), dim=1)
             augmenter.update(policies, probabilities.gather(1, targets[:, None]).squeeze(1))
         window.add(step, logs)
 
@@ -329,7 +336,7 @@ def train(params: dict, run: Run, data_dir: Path, split_path: Path, out_dir: Pat
             bar.set_postfix(loss=f"{values.get('train/loss', float('nan')):.3f}",
                             mask=f"{values.get('train/mask_rate', 0.0):.2f}", refresh=False)
         if step % hp["eval_every"] == 0 or step == steps:
-            value = float(accuracy(ema.module, data.test_images, data.test_targets, hp["eval_batch"]))
+            value = float(accuracy(ema_forward, data.test_images, data.test_targets, hp["eval_batch"]))
             accuracies.append(value)
             curves.log(step, {"eval/accuracy": value, "eval/error": 100.0 - value})
             bar.set_postfix(error=f"{100.0 - value:.2f}", refresh=False)

@@ -1,0 +1,119 @@
+"""Speed options (the ``speed:`` params block): how a run is executed, not what it computes.
+
+All are off by default except ``optimizer_impl: foreach``, which is
+bit-identical to the for-loop SGD (checked on CPU in ``tests/test_speed.py``;
+on CUDA it is PyTorch's own default). The others trade exactness for speed:
+
+- ``optimizer_impl: fused``: one fused SGD kernel; same maths, different
+  rounding (measured on CPU: ~5e-10 after a few steps).
+
+- ``channels_last``: model weights and inputs in NHWC memory format (same
+  maths, different conv kernels: differences at float rounding level).
+- ``autocast_bf16``: the forward pass under ``torch.autocast`` in bfloat16;
+  logits are cast back to float32, so the loss, softmax, threshold and
+  gradients' accumulation in the parameters stay fp32.
+- ``compile``: ``torch.compile`` of the forward (``model``) with
+  ``compile_mode``; numerics at float rounding level.
+- ``weak_no_grad``: ALGORITHM-CHANGING. The weak view goes through the
+  network in its own forward pass under ``no_grad`` instead of the one
+  concatenated pass: BatchNorm normalises the weak images with their own batch
+  statistics and updates its running statistics twice per step. Results made
+  with it must be reported separately from the faithful ones.
+
+The plain module stays the one the optimizer, the EMA and checkpoints use;
+:func:`fast_forward` returns a module sharing its parameters that applies the
+input format, autocast and compilation around it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+COMPILE = ("none", "model")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+OPTIMIZER_IMPLS = ("for_loop", "foreach", "fused")
+# Options that change what a run computes beyond float rounding: part of a run's fingerprint.
+CHANGES_RESULTS = ("autocast_bf16", "weak_no_grad")
+
+
+@dataclass(frozen=True)
+class SpeedOptions:
+    """The ``speed:`` params block; see the module docstring for what each one does."""
+
+    channels_last: bool = False
+    autocast_bf16: bool = False
+    compile: str = "none"
+    compile_mode: str = "default"
+    optimizer_impl: str = "foreach"
+    weak_no_grad: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("channels_last", "autocast_bf16", "weak_no_grad"):
+            value = getattr(self, name)
+            if not isinstance(value, bool):
+                raise ValueError(f"speed.{name} = {value!r} is invalid (allowed: true, false)")
+        for name, allowed in (("compile", COMPILE), ("compile_mode", COMPILE_MODES),
+                              ("optimizer_impl", OPTIMIZER_IMPLS)):
+            value = getattr(self, name)
+            if value not in allowed:
+                raise ValueError(f"speed.{name} = {value!r} is invalid (allowed: {', '.join(allowed)})")
+
+    @classmethod
+    def from_params(cls, block: dict[str, Any] | None) -> SpeedOptions:
+        """Options from the ``speed:`` block; a missing block means all defaults, unknown keys are refused."""
+        block = dict(block or {})
+        known = {field.name for field in fields(cls)}
+        unknown = sorted(set(block) - known)
+        if unknown:
+            raise ValueError(f"speed.{unknown[0]} is not a speed option (allowed: {', '.join(sorted(known))})")
+        return cls(**block)
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The options that change results beyond float rounding (resume only with the same ones)."""
+        return {name: value for name, value in asdict(self).items() if name in CHANGES_RESULTS}
+
+    def optimizer_kwargs(self) -> dict[str, bool]:
+        """Keyword arguments selecting the ``torch.optim.SGD`` implementation."""
+        return {"for_loop": {"foreach": False}, "foreach": {"foreach": True},
+                "fused": {"fused": True}}[self.optimizer_impl]
+
+
+class FastForward(nn.Module):
+    """``module``'s forward with the input in the model's memory format and optional bf16 autocast.
+
+    Returns float32 logits whatever the autocast, so everything downstream of
+    the network runs in full precision.
+    """
+
+    def __init__(self, module: nn.Module, channels_last: bool, autocast_bf16: bool):
+        super().__init__()
+        self.module = module
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.autocast_bf16 = autocast_bf16
+        self.train(module.training)  # mirror the wrapped module's mode (the EMA model stays in eval)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x.contiguous(memory_format=self.memory_format)
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.autocast_bf16):
+            logits = self.module(x)
+        return logits.float()
+
+
+def prepare_model(model: nn.Module, options: SpeedOptions) -> nn.Module:
+    """Put ``model``'s weights in the memory format the options ask for (in place); call before
+    building the EMA and the optimizer so their copies and states share the format."""
+    if options.channels_last:
+        model.to(memory_format=torch.channels_last)
+    return model
+
+
+def fast_forward(model: nn.Module, options: SpeedOptions) -> nn.Module:
+    """A module computing ``model``'s logits (float32) with the options applied; shares ``model``'s parameters."""
+    forward = FastForward(model, options.channels_last, options.autocast_bf16)
+    if options.compile == "model":
+        return torch.compile(forward, mode=options.compile_mode)
+    return forward
