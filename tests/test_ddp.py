@@ -147,7 +147,7 @@ def test_only_rank_0_writes_and_every_rank_holds_the_same_state(two_ranks):
 
 def test_sigterm_to_torchrun_stops_every_rank_at_one_step_and_the_rerun_resumes(workspace, two_ranks):  # noqa: F811
     root, params = workspace
-    longer = {**params, "train": {**params["train"], "steps": 150, "checkpoint_every": 1000, "log_every": 2}}
+    longer = {**params, "train": {**params["train"], "steps": 80, "checkpoint_every": 1000, "log_every": 2}}
     (root / "ddp_long.yaml").write_text(json.dumps(longer))
     process = _torchrun(root, "fixmatch_ra", "ddp_sigterm", params="ddp_long.yaml", start_new_session=True)
     loss = root / "ddp_sigterm/live/plots/metrics/train/loss.tsv"
@@ -159,7 +159,7 @@ def test_sigterm_to_torchrun_stops_every_rank_at_one_step_and_the_rerun_resumes(
     assert process.returncode != 0
     assert "stopped by SIGTERM at step" in stderr
     stopped = _state(root, "ddp_sigterm")
-    assert 0 < stopped["step"] < 150 and not stopped["finished"]
+    assert 0 < stopped["step"] < 80 and not stopped["finished"]
     assert _tsv(loss)[-1][0] <= stopped["step"]
 
     resumed = _torchrun(root, "fixmatch_ra", "ddp_sigterm", params="ddp_long.yaml")
@@ -167,7 +167,7 @@ def test_sigterm_to_torchrun_stops_every_rank_at_one_step_and_the_rerun_resumes(
     assert resumed.returncode == 0, stderr
     assert _state(root, "ddp_sigterm")["finished"]
     steps = [step for step, _ in _tsv(loss)]
-    assert steps == list(range(2, 151, 2))  # no step lost or logged twice across the stop
+    assert steps == list(range(2, 81, 2))  # no step lost or logged twice across the stop
 
 
 @pytest.mark.parametrize("rank, world_size, size, expected", [(0, 2, 8, slice(0, 4)), (1, 2, 8, slice(4, 8)),
