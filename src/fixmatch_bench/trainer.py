@@ -5,6 +5,8 @@ One call of :func:`train` trains one run (a method on one dataset@labels cell an
 one fold) and returns its metrics. It resumes from the run's checkpoint when one
 of an unfinished run with the same settings exists, and checkpoints every
 ``train.checkpoint_every`` steps and when asked to stop (SIGTERM/SIGINT).
+Under torchrun each process trains its share of the global batch
+(:mod:`.distributed`, docs/multi_gpu.md).
 """
 
 from __future__ import annotations
