@@ -233,7 +233,7 @@ def train(params: dict, run: Run, data_dir: Path, split_path: Path, out_dir: Pat
     """Train one run to completion (resuming if possible) and return its metrics.
 
     ``world`` is this process's rank under torchrun (:mod:`.distributed`); every
-    rank returns the same metrics, rank 0 alone writes curves and checkpoints.
+    rank returns the same metrics (timings aside), rank 0 alone writes curves and checkpoints.
     """
     stop = stop or StopRequest()
     world = world or World()
