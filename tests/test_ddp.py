@@ -62,6 +62,19 @@ def per_rank_batchnorm(batch: int, uratio: int, ranks: int) -> type[WideResNet]:
     return PerRankBatchNorm
 
 
+def _grouped_reference(root, params: dict, method: str, out: str, monkeypatch) -> dict:
+    """One process, one thread (as each torchrun rank), whose network normalises the per-rank groups."""
+    monkeypatch.setattr(trainer, "WideResNet", per_rank_batchnorm(params["train"]["batch"], params["train"]["uratio"],
+                                                                  RANKS))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return trainer.train(params, Run("digits", 20, method, 1), root / "prepared/digits",
+                             root / "splits/digits_20-1.json", root / out, progress=False)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def _torchrun(root, method: str, out: str, params: str = "params.yaml", **kwargs) -> subprocess.Popen:
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(RANKS), "--standalone",
                str(REPO / "pipeline/train.py"), "--cell", "digits_20", "--method", method, "--fold", "1",
@@ -119,15 +132,7 @@ def two_ranks(workspace):  # noqa: F811
 def test_two_ranks_follow_one_process_with_the_same_per_rank_batchnorm_groups(workspace, two_ranks, monkeypatch):  # noqa: F811
     root, params = workspace
     _, ddp_metrics, stdout = two_ranks
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as each torchrun rank
-    try:
-        monkeypatch.setattr(trainer, "WideResNet",
-                            per_rank_batchnorm(params["train"]["batch"], params["train"]["uratio"], RANKS))
-        reference = trainer.train({**params, "threshold": THRESHOLD}, Run("digits", 20, "fixmatch_cta_da", 1), root / "prepared/digits",
-                                  root / "splits/digits_20-1.json", root / "grouped", progress=False)
-    finally:
-        torch.set_num_threads(threads)
+    reference = _grouped_reference(root, {**params, "threshold": THRESHOLD}, "fixmatch_cta_da", "grouped", monkeypatch)
     _assert_close_runs(root, "ddp", "grouped")
     assert ddp_metrics["world_size"] == RANKS and reference["world_size"] == 1
     for key in ("error", "error_last", "error_best", "evaluations", "steps", "mask_rate", "pseudo_label_accuracy"):
@@ -145,7 +150,7 @@ def test_only_rank_0_writes_and_every_rank_holds_the_same_state(two_ranks):
     assert metrics["evaluations"] == 3 and _state(root, "ddp")["finished"]
 
 
-def test_sigterm_to_torchrun_stops_every_rank_at_one_step_and_the_rerun_resumes(workspace, two_ranks):  # noqa: F811
+def test_sigterm_to_torchrun_stops_every_rank_at_one_step_and_the_rerun_resumes(workspace, monkeypatch):  # noqa: F811
     root, params = workspace
     longer = {**params, "train": {**params["train"], "steps": 80, "checkpoint_every": 1000, "log_every": 2}}
     (root / "ddp_long.yaml").write_text(json.dumps(longer))
@@ -168,6 +173,8 @@ def test_sigterm_to_torchrun_stops_every_rank_at_one_step_and_the_rerun_resumes(
     assert _state(root, "ddp_sigterm")["finished"]
     steps = [step for step, _ in _tsv(loss)]
     assert steps == list(range(2, 81, 2))  # no step lost or logged twice across the stop
+    _grouped_reference(root, longer, "fixmatch_ra", "grouped_long", monkeypatch)
+    _assert_close_runs(root, "ddp_sigterm", "grouped_long")  # the resumed run is the uninterrupted one
 
 
 @pytest.mark.parametrize("rank, world_size, size, expected", [(0, 2, 8, slice(0, 4)), (1, 2, 8, slice(4, 8)),

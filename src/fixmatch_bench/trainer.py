@@ -218,9 +218,16 @@ class Window:
         self.sums, self.steps, self.first_bad_step = {}, 0, None
         return values
 
-    def state_dict(self) -> dict:
-        return {"sums": {k: v.cpu() for k, v in self.sums.items()}, "steps": self.steps,
-                "first_bad_step": None if self.first_bad_step is None else self.first_bad_step.cpu()}
+    def state_dict(self, world: World = World()) -> dict:
+        """The window with its sums averaged over ranks (a collective: call it on every rank).
+
+        Every rank resumes from the averaged sums; as the logged values are means over
+        ranks, adding each rank's later steps to them gives the same values as never stopping.
+        """
+        names = sorted(self.sums)
+        sums = world.mean(torch.stack([self.sums[name] for name in names])).cpu() if names else []
+        first_bad_step = None if self.first_bad_step is None else torch.tensor(world.first_marked(self.first_bad_step))
+        return {"sums": dict(zip(names, sums)), "steps": self.steps, "first_bad_step": first_bad_step}
 
     def load_state_dict(self, state: dict, device: torch.device) -> None:
         self.sums = {k: v.to(device) for k, v in state["sums"].items()}
@@ -292,6 +299,7 @@ def train(params: dict, run: Run, data_dir: Path, split_path: Path, out_dir: Pat
         if not torch.stack([tensor.isfinite().all() for tensor in tensors]).all():
             raise NonFiniteLoss(f"the weights became non-finite by step {step}; stopping, "
                                 "the last good checkpoint is kept")
+        window_state = window.state_dict(world)
         if not world.is_main:
             world.barrier()
             return
@@ -302,7 +310,7 @@ def train(params: dict, run: Run, data_dir: Path, split_path: Path, out_dir: Pat
             "alignment": alignment.state_dict() if alignment is not None else None,
             "generators": {"sample": sample_generator.get_state(), "augment": augment_generator.get_state()},
             "streams": {"labeled": labeled_stream.state_dict(), "unlabeled": unlabeled_stream.state_dict()},
-            "window": window.state_dict(), "rng": _rng_states(),
+            "window": window_state, "rng": _rng_states(),
             "accuracies": accuracies, "curves": curves.history, "elapsed_s": elapsed + time.perf_counter() - started,
         })
         world.barrier()
