@@ -19,10 +19,10 @@ import pytest
 import torch
 from torch import nn
 
-import fixmatch_bench.trainer as trainer
 from conftest import REPO
+from fixmatch_bench import trainer
 from fixmatch_bench.config import Run
-from fixmatch_bench.distributed import World, launch
+from fixmatch_bench.distributed import SINGLE_PROCESS, World, launch
 from fixmatch_bench.wide_resnet import WideResNet
 from test_trainer import workspace  # noqa: F401 (the tiny digits workspace fixture)
 
@@ -111,7 +111,7 @@ def _assert_close_runs(root, a: str, b: str) -> None:
     for part in ("model", "ema"):
         for name, tensor in state_a[part].items():
             torch.testing.assert_close(tensor, state_b[part][name], rtol=RTOL, atol=ATOL,
-                                       msg=lambda m, name=name: f"{part}.{name}: {m}")
+                                       msg=lambda m, name=f"{part}.{name}": f"{name}: {m}")
     if "rates" in state_a["augmenter"]:
         torch.testing.assert_close(state_a["augmenter"]["rates"], state_b["augmenter"]["rates"], rtol=RTOL, atol=ATOL)
     for name in ("sample", "augment"):  # the same global batches and augmentations were drawn
@@ -129,7 +129,8 @@ def two_ranks(workspace):  # noqa: F811
     return root, json.loads((root / "ddp/metrics.json").read_text()), stdout
 
 
-def test_two_ranks_follow_one_process_with_the_same_per_rank_batchnorm_groups(workspace, two_ranks, monkeypatch):  # noqa: F811
+def test_two_ranks_follow_one_process_with_the_same_per_rank_batchnorm_groups(
+        workspace, two_ranks, monkeypatch):  # noqa: F811
     root, params = workspace
     _, ddp_metrics, stdout = two_ranks
     reference = _grouped_reference(root, {**params, "threshold": THRESHOLD}, "fixmatch_cta_da", "grouped", monkeypatch)
@@ -193,7 +194,7 @@ def test_without_torchrun_nothing_is_initialised(monkeypatch):
     for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
         monkeypatch.delenv(name, raising=False)
     with launch("cpu") as world:
-        assert world == World() and not world.distributed and world.is_main
+        assert world is SINGLE_PROCESS and not world.distributed and world.is_main
         assert not torch.distributed.is_initialized()
         values = torch.tensor([1.0, 3.0])
         assert world.mean(values) is values and world.gather(values) is values
@@ -204,6 +205,5 @@ def test_a_partial_torchrun_environment_is_refused(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.delenv("RANK", raising=False)
     monkeypatch.delenv("LOCAL_RANK", raising=False)
-    with pytest.raises(ValueError, match="environment has WORLD_SIZE but not LOCAL_RANK, RANK: start"):
-        with launch("cpu"):
-            pass
+    with pytest.raises(ValueError, match="environment has WORLD_SIZE but not LOCAL_RANK, RANK: start"), launch("cpu"):
+        pass

@@ -31,9 +31,10 @@ from __future__ import annotations
 
 import inspect
 import os
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -151,6 +152,9 @@ class World:
             dist.barrier(group=self.control)
 
 
+SINGLE_PROCESS = World()
+
+
 def _environment() -> tuple[int, int, int] | None:
     present = [name for name in TORCHRUN_VARIABLES if name in os.environ]
     if not present:
@@ -177,11 +181,11 @@ def launch(device: str) -> Iterator[World]:
 
     ``device`` is ``train.device`` (auto | cpu | cuda): CUDA ranks use nccl and
     ``cuda:LOCAL_RANK``, CPU ranks gloo. Without torchrun's variables this
-    yields ``World()`` and initialises nothing.
+    yields :data:`SINGLE_PROCESS` and initialises nothing.
     """
     environment = _environment()
     if environment is None:
-        yield World()
+        yield SINGLE_PROCESS
         return
     world_size, rank, local_rank = environment
     use_cuda = device != "cpu" and torch.cuda.is_available()

@@ -28,7 +28,7 @@ from .augment import make_augmenter
 from .checkpoint import load_for_resume, save_checkpoint
 from .config import Run
 from .curves import Curves
-from .distributed import World
+from .distributed import SINGLE_PROCESS, World
 from .distribution_alignment import DistributionAlignment
 from .ema import ModelEMA
 from .evaluation import accuracy, reported_error, to_model_input
@@ -194,7 +194,7 @@ class Window:
             self.first_bad_step >= 0, self.first_bad_step, marker)
         self.steps += 1
 
-    def check_finite(self, world: World = World()) -> None:
+    def check_finite(self, world: World = SINGLE_PROCESS) -> None:
         """Raise :class:`NonFiniteLoss` naming the first step whose loss was NaN or infinite (on any rank)."""
         if self.first_bad_step is None:
             return
@@ -203,7 +203,7 @@ class Window:
             raise NonFiniteLoss(f"the loss became non-finite at step {bad_step}; "
                                 "stopping, the last good checkpoint is kept")
 
-    def read(self, world: World = World()) -> dict[str, float]:
+    def read(self, world: World = SINGLE_PROCESS) -> dict[str, float]:
         """Means over the window and over ranks, read from the device once; raises on a non-finite loss."""
         self.check_finite(world)
         if not self.steps:
@@ -218,7 +218,7 @@ class Window:
         self.sums, self.steps, self.first_bad_step = {}, 0, None
         return values
 
-    def state_dict(self, world: World = World()) -> dict:
+    def state_dict(self, world: World = SINGLE_PROCESS) -> dict:
         """The window with its sums averaged over ranks (a collective: call it on every rank).
 
         Every rank resumes from the averaged sums; as the logged values are means over
@@ -243,7 +243,7 @@ def train(params: dict, run: Run, data_dir: Path, split_path: Path, out_dir: Pat
     rank returns the same metrics (timings aside), rank 0 alone writes curves and checkpoints.
     """
     stop = stop or StopRequest()
-    world = world or World()
+    world = world or SINGLE_PROCESS
     hp = params["train"]
     facts = params["datasets"][run.dataset]
     method = params["methods"][run.method]
