@@ -10,6 +10,7 @@ therefore one process whose network normalises the same per-rank groups
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -176,6 +177,21 @@ def test_sigterm_to_torchrun_stops_every_rank_at_one_step_and_the_rerun_resumes(
     assert steps == list(range(2, 81, 2))  # no step lost or logged twice across the stop
     _grouped_reference(root, longer, "fixmatch_ra", "grouped_long", monkeypatch)
     _assert_close_runs(root, "ddp_sigterm", "grouped_long")  # the resumed run is the uninterrupted one
+
+
+def test_a_nan_loss_stops_every_rank_and_keeps_the_last_good_checkpoint(workspace):  # noqa: F811
+    root, params = workspace
+    exploding = {**params, "train": {**params["train"], "lr": 100.0, "steps": 40, "log_every": 2,
+                                     "checkpoint_every": 2}}  # diverges after ~10 steps
+    (root / "ddp_nan.yaml").write_text(json.dumps(exploding))
+    process = _torchrun(root, "fixmatch_ra", "ddp_nan", params="ddp_nan.yaml")
+    _, stderr = process.communicate(timeout=120)  # no rank may hang in a collective the others left
+    assert process.returncode != 0
+    errors = re.findall(r"error: the (?:loss|weights) became non-finite (?:at|by) step \d+", stderr)
+    assert len(errors) == RANKS and len(set(errors)) == 1, stderr  # every rank stops, at the same step
+    state = _state(root, "ddp_nan")
+    assert 0 < state["step"] < 40 and not state["finished"]
+    assert all(torch.isfinite(tensor).all() for tensor in state["model"].values() if tensor.is_floating_point())
 
 
 @pytest.mark.parametrize("rank, world_size, size, expected", [(0, 2, 8, slice(0, 4)), (1, 2, 8, slice(4, 8)),
