@@ -5,6 +5,8 @@ One call of :func:`train` trains one run (a method on one dataset@labels cell an
 one fold) and returns its metrics. It resumes from the run's checkpoint when one
 of an unfinished run with the same settings exists, and checkpoints every
 ``train.checkpoint_every`` steps and when asked to stop (SIGTERM/SIGINT).
+Under torchrun each process trains its share of the global batch
+(:mod:`.distributed`, docs/multi_gpu.md).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from .augment import make_augmenter
 from .checkpoint import load_for_resume, save_checkpoint
 from .config import Run
 from .curves import Curves
+from .distributed import SINGLE_PROCESS, World
 from .distribution_alignment import DistributionAlignment
 from .ema import ModelEMA
 from .evaluation import accuracy, reported_error, to_model_input
@@ -193,18 +196,23 @@ class Window:
             self.first_bad_step >= 0, self.first_bad_step, marker)
         self.steps += 1
 
-    def check_finite(self) -> None:
-        """Raise :class:`NonFiniteLoss` naming the first step whose loss was NaN or infinite."""
-        if self.first_bad_step is not None and int(self.first_bad_step) >= 0:
-            raise NonFiniteLoss(f"the loss became non-finite at step {int(self.first_bad_step)}; "
+    def check_finite(self, world: World = SINGLE_PROCESS) -> None:
+        """Raise :class:`NonFiniteLoss` naming the first step whose loss was NaN or infinite (on any rank)."""
+        if self.first_bad_step is None:
+            return
+        bad_step = world.first_marked(self.first_bad_step)
+        if bad_step >= 0:
+            raise NonFiniteLoss(f"the loss became non-finite at step {bad_step}; "
                                 "stopping, the last good checkpoint is kept")
 
-    def read(self) -> dict[str, float]:
-        """Means over the window, read from the device once; raises on a non-finite loss."""
-        self.check_finite()
+    def read(self, world: World = SINGLE_PROCESS) -> dict[str, float]:
+        """Means over the window and over ranks, read from the device once; raises on a non-finite loss."""
+        self.check_finite(world)
         if not self.steps:
             return {}
-        sums = {name: float(value) for name, value in self.sums.items()}
+        names = sorted(self.sums)
+        means = world.mean(torch.stack([self.sums[name] for name in names])).tolist() if names else []
+        sums = dict(zip(names, means))
         values = {f"train/{name}": sums[name] / self.steps for name in ("loss", "loss_x", "loss_u", "mask_rate")
                   if name in sums}
         if sums.get("pseudo_label_count"):  # accuracy of the confident pseudo-labels; undefined when none
@@ -212,9 +220,16 @@ class Window:
         self.sums, self.steps, self.first_bad_step = {}, 0, None
         return values
 
-    def state_dict(self) -> dict:
-        return {"sums": {k: v.cpu() for k, v in self.sums.items()}, "steps": self.steps,
-                "first_bad_step": None if self.first_bad_step is None else self.first_bad_step.cpu()}
+    def state_dict(self, world: World = SINGLE_PROCESS) -> dict:
+        """The window with its sums averaged over ranks (a collective: call it on every rank).
+
+        Every rank resumes from the averaged sums; as the logged values are means over
+        ranks, adding each rank's later steps to them gives the same values as never stopping.
+        """
+        names = sorted(self.sums)
+        sums = world.mean(torch.stack([self.sums[name] for name in names])).cpu() if names else []
+        first_bad_step = None if self.first_bad_step is None else torch.tensor(world.first_marked(self.first_bad_step))
+        return {"sums": dict(zip(names, sums)), "steps": self.steps, "first_bad_step": first_bad_step}
 
     def load_state_dict(self, state: dict, device: torch.device) -> None:
         self.sums = {k: v.to(device) for k, v in state["sums"].items()}
@@ -223,13 +238,20 @@ class Window:
 
 
 def train(params: dict, run: Run, data_dir: Path, split_path: Path, out_dir: Path,
-          stop: StopRequest | None = None, progress: bool = True) -> dict:
-    """Train one run to completion (resuming if possible) and return its metrics."""
+          stop: StopRequest | None = None, progress: bool = True, world: World | None = None) -> dict:
+    """Train one run to completion (resuming if possible) and return its metrics.
+
+    ``world`` is this process's rank under torchrun (:mod:`.distributed`); every
+    rank returns the same metrics (timings aside), rank 0 alone writes curves and checkpoints.
+    """
     stop = stop or StopRequest()
+    world = world or SINGLE_PROCESS
     hp = params["train"]
     facts = params["datasets"][run.dataset]
     method = params["methods"][run.method]
-    device = resolve_device(hp["device"])
+    labeled_share = world.share(hp["batch"], "train.batch")
+    unlabeled_share = world.share(hp["batch"] * hp["uratio"], "train.batch * train.uratio")
+    device = world.place(resolve_device(hp["device"]))
     data = load_run_data(data_dir, split_path, device)
     checkpoint_dir, live_dir = out_dir / "checkpoint", out_dir / "live"
     run_fingerprint = fingerprint(params, run, data)
@@ -245,7 +267,8 @@ def train(params: dict, run: Run, data_dir: Path, split_path: Path, out_dir: Pat
     ema = ModelEMA(model, hp["ema"])
     optimizer = make_optimizer(model, hp["lr"], hp["momentum"], hp["nesterov"], facts["weight_decay"],
                                **speed.optimizer_kwargs())
-    forward, ema_forward = fast_forward(model, speed), fast_forward(ema.module, speed)
+    # EMA, probes and checkpoints use the plain modules; training goes through DDP when distributed.
+    forward, ema_forward = fast_forward(world.wrap(model), speed), fast_forward(ema.module, speed)
     cutout = facts["cta_cutout"] if method["strong"] == "ctaugment" else facts["ra_cutout"]
     options = {"ra_translate_scale": facts["ra_translate_scale"]} if method["strong"] == "randaugment" else {}
     augmenter = make_augmenter(strong=method["strong"], impl=params["augment"]["impl"], flip=facts["flip"],
@@ -274,7 +297,7 @@ def train(params: dict, run: Run, data_dir: Path, split_path: Path, out_dir: Pat
         window.load_state_dict(state["window"], device)
         _set_rng_states(state["rng"])
         start_step, accuracies, elapsed = state["step"], list(state["accuracies"]), state["elapsed_s"]
-    curves = Curves(live_dir, state["curves"] if state is not None else None)
+    curves = Curves(live_dir if world.is_main else None, state["curves"] if state is not None else None)
 
     def checkpoint(step: int, finished: bool) -> None:
         # Never replace a good checkpoint with diverged weights (the update after the last finite loss can overflow).
@@ -282,6 +305,10 @@ def train(params: dict, run: Run, data_dir: Path, split_path: Path, out_dir: Pat
         if not torch.stack([tensor.isfinite().all() for tensor in tensors]).all():
             raise NonFiniteLoss(f"the weights became non-finite by step {step}; stopping, "
                                 "the last good checkpoint is kept")
+        window_state = window.state_dict(world)
+        if not world.is_main:
+            world.barrier()
+            return
         save_checkpoint(checkpoint_dir, {
             "fingerprint": run_fingerprint, "finished": finished, "step": step,
             "model": model.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
@@ -289,35 +316,39 @@ def train(params: dict, run: Run, data_dir: Path, split_path: Path, out_dir: Pat
             "alignment": alignment.state_dict() if alignment is not None else None,
             "generators": {"sample": sample_generator.get_state(), "augment": augment_generator.get_state()},
             "streams": {"labeled": labeled_stream.state_dict(), "unlabeled": unlabeled_stream.state_dict()},
-            "window": window.state_dict(), "rng": _rng_states(),
+            "window": window_state, "rng": _rng_states(),
             "accuracies": accuracies, "curves": curves.history, "elapsed_s": elapsed + time.perf_counter() - started,
         })
+        world.barrier()
 
     steps = hp["steps"]
     model.train()
     started = time.perf_counter()
-    bar = tqdm(total=steps, initial=start_step, desc=run.key, unit="step", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=steps, initial=start_step, desc=run.key, unit="step", disable=not (progress and world.is_main),
+               dynamic_ncols=True)
     for step in range(start_step + 1, steps + 1):
         lr = cosine_lr(hp["lr"], step - 1, steps)
         for group in optimizer.param_groups:
             group["lr"] = lr
+        # The global batch and its augmentations, drawn identically on every rank; each rank keeps its share.
         labeled_index = labeled_stream.next()
         labeled = augmenter.weak(data.labeled_images[labeled_index], augment_generator)
-        targets = data.labeled_targets[labeled_index]
-        batch = Batch(labeled=to_model_input(labeled), targets=targets)
+        targets = data.labeled_targets[labeled_index][labeled_share]
+        batch = Batch(labeled=to_model_input(labeled[labeled_share]), targets=targets)
         if uses_unlabeled:
             unlabeled_index = unlabeled_stream.next()
             unlabeled = data.unlabeled_images[unlabeled_index]
             batch = Batch(labeled=batch.labeled, targets=targets,
-                          weak=to_model_input(augmenter.weak(unlabeled, augment_generator)),
-                          strong=to_model_input(augmenter.strong(unlabeled, augment_generator)),
-                          unlabeled_targets=data.unlabeled_targets[unlabeled_index])
+                          weak=to_model_input(augmenter.weak(unlabeled, augment_generator)[unlabeled_share]),
+                          strong=to_model_input(augmenter.strong(unlabeled, augment_generator)[unlabeled_share]),
+                          unlabeled_targets=data.unlabeled_targets[unlabeled_index][unlabeled_share])
         loss, logs = fixmatch_loss(forward, batch, params["threshold"], hp["unlabeled_weight"] * uses_unlabeled,
                                    align=alignment.align if alignment is not None else None,
                                    weak_no_grad=speed.weak_no_grad)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        world.sync_buffers(model)
         ema.update(model)
         if alignment is not None:
             alignment.update(logs["weak_probs"])
@@ -325,24 +356,26 @@ def train(params: dict, run: Run, data_dir: Path, split_path: Path, out_dir: Pat
             probes, policies = augmenter.probe(labeled, augment_generator)
             ema.module.eval()
             with torch.no_grad():
-                probabilities = torch.softmax(ema_forward(to_model_input(probes)), dim=1)
-            augmenter.update(policies, probabilities.gather(1, targets[:, None]).squeeze(1))
+                probabilities = torch.softmax(ema_forward(to_model_input(probes[labeled_share])), dim=1)
+            p_true = probabilities.gather(1, targets[:, None]).squeeze(1)
+            augmenter.update(world.gather(policies[labeled_share]), world.gather(p_true))
         window.add(step, logs)
 
         if step % hp["log_every"] == 0 or step == steps:
-            values = window.read()
+            values = window.read(world)
             values["train/lr"] = lr
             curves.log(step, values)
             bar.set_postfix(loss=f"{values.get('train/loss', float('nan')):.3f}",
                             mask=f"{values.get('train/mask_rate', 0.0):.2f}", refresh=False)
         if step % hp["eval_every"] == 0 or step == steps:
-            value = float(accuracy(ema_forward, data.test_images, data.test_targets, hp["eval_batch"]))
+            value = world.from_main(
+                lambda: float(accuracy(ema_forward, data.test_images, data.test_targets, hp["eval_batch"])))
             accuracies.append(value)
             curves.log(step, {"eval/accuracy": value, "eval/error": 100.0 - value})
             bar.set_postfix(error=f"{100.0 - value:.2f}", refresh=False)
         bar.update(1)
-        if stop.requested(step) and step != steps:
-            window.check_finite()
+        if world.any(stop.requested(step)) and step != steps:
+            window.check_finite(world)
             checkpoint(step, finished=False)
             bar.close()
             raise Interrupted(stop.signum, step)
@@ -366,6 +399,7 @@ def train(params: dict, run: Run, data_dir: Path, split_path: Path, out_dir: Pat
         "wall_time_s": wall_time,
         "steps_per_s": (steps - 0) / wall_time if wall_time > 0 else float("nan"),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "world_size": world.world_size,
         "mask_rate": mask_rates[-1] if mask_rates else None,
         "pseudo_label_accuracy": pseudo_accuracies[-1] if pseudo_accuracies else None,
         "split_sha256": data.split_sha256,
