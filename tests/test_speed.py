@@ -6,19 +6,14 @@ import csv
 import pytest
 import torch
 import torch.nn.functional as F
-import yaml
 from torch import nn
 
-from conftest import REPO
+from conftest import digits_workspace
 from fixmatch_bench.config import ParamsError, Run, validate_params
-from fixmatch_bench.digits import digits_arrays
-from fixmatch_bench.download import fetch, load_sources
 from fixmatch_bench.evaluation import accuracy
 from fixmatch_bench.fixmatch import Batch, fixmatch_loss
 from fixmatch_bench.optim import make_optimizer
-from fixmatch_bench.prepared import load_prepared, save_prepared
 from fixmatch_bench.speed import SpeedOptions, fast_forward, prepare_model
-from fixmatch_bench.splits import make_split, write_split
 from fixmatch_bench.trainer import train
 from fixmatch_bench.wide_resnet import WideResNet
 
@@ -177,15 +172,7 @@ def test_weak_no_grad_changes_batchnorm_statistics_so_it_changes_the_algorithm()
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
-    """Prepared digits and the fold-1 split of 20 labels, as the pipeline makes them."""
-    root = tmp_path_factory.mktemp("speed")
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    fetch(load_sources(REPO / "params.yaml").files("digits")[0], root / "raw")
-    facts = params["datasets"]["digits"]
-    save_prepared(root / "prepared/digits", "digits", 10, digits_arrays(root / "raw", facts["image_size"], facts["test_size"]))
-    write_split(make_split(load_prepared(root / "prepared/digits"), 20, 1), root / "splits/digits_20-1.json")
-    params["train"].update(SMALL)
-    return root, params
+    return digits_workspace(tmp_path_factory.mktemp("speed"), SMALL)
 
 
 def _series(out, name: str) -> list[float]:

@@ -2,24 +2,18 @@
 
 import copy
 import json
-import os
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
-from conftest import REPO
+from conftest import REPO, digits_workspace
 from fixmatch_bench.checkpoint import CheckpointError
 from fixmatch_bench.config import Run
-from fixmatch_bench.digits import digits_arrays
-from fixmatch_bench.download import fetch, load_sources
-from fixmatch_bench.prepared import load_prepared, save_prepared
-from fixmatch_bench.splits import make_split, write_split
 from fixmatch_bench.trainer import Interrupted, NonFiniteLoss, StopRequest, train
 
 TINY = {"steps": 12, "batch": 4, "uratio": 2, "eval_every": 4, "median_of_last": 2, "eval_batch": 256,
@@ -28,16 +22,7 @@ TINY = {"steps": 12, "batch": 4, "uratio": 2, "eval_every": 4, "median_of_last":
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
-    """Prepared digits and the fold-1 split of 20 labels, as the pipeline makes them."""
-    root = tmp_path_factory.mktemp("trainer")
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    fetch(load_sources(REPO / "params.yaml").files("digits")[0], root / "raw")
-    facts = params["datasets"]["digits"]
-    save_prepared(root / "prepared/digits", "digits", 10, digits_arrays(root / "raw", facts["image_size"], facts["test_size"]))
-    write_split(make_split(load_prepared(root / "prepared/digits"), 20, 1), root / "splits/digits_20-1.json")
-    params["train"].update(TINY)
-    (root / "params.yaml").write_text(yaml.safe_dump(params))
-    return root, params
+    return digits_workspace(tmp_path_factory.mktemp("trainer"), TINY)
 
 
 def _train(workspace, out: str, method: str, params: dict | None = None, stop: StopRequest | None = None) -> dict:
