@@ -16,7 +16,7 @@ import random
 import signal
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterator
 
@@ -397,9 +397,10 @@ def train(params: dict, run: Run, data_dir: Path, split_path: Path, out_dir: Pat
         "evaluations": len(accuracies),
         "steps": steps,
         "wall_time_s": wall_time,
-        "steps_per_s": (steps - 0) / wall_time if wall_time > 0 else float("nan"),
+        "steps_per_s": steps / wall_time if wall_time > 0 else float("nan"),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "world_size": world.world_size,
+        "speed": asdict(speed),  # weak_no_grad changes the algorithm: such runs are reported separately
         "mask_rate": mask_rates[-1] if mask_rates else None,
         "pseudo_label_accuracy": pseudo_accuracies[-1] if pseudo_accuracies else None,
         "split_sha256": data.split_sha256,
