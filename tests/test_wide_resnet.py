@@ -7,13 +7,13 @@ import torch.nn.functional as F
 from scipy.stats import truncnorm
 from torch import nn
 
+from fixmatch_bench.optim import weight_decay_groups
 from fixmatch_bench.wide_resnet import (
     TRUNCATED_NORMAL_STD,
     Conv2dSame,
     WideResNet,
     tf_glorot_normal_,
     tf_same_padding,
-    weight_decay_parameters,
 )
 
 
@@ -54,7 +54,8 @@ def test_symmetric_padding_has_the_same_parameters():
 
 def test_weight_decay_split_on_wrn_28_2():
     model = WideResNet(10)
-    decayed, not_decayed = weight_decay_parameters(model)
+    decayed_group, other_group = weight_decay_groups(model, 5e-4)
+    decayed, not_decayed = decayed_group["params"], other_group["params"]
     # 1 stem + 24 3x3 convs + 3 shortcuts + the dense kernel.
     assert len(decayed) == 29
     # 28 conv biases + 25 BN (gamma, beta) + the dense bias.

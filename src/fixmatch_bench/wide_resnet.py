@@ -209,15 +209,3 @@ def tf_glorot_normal_(weight: torch.Tensor) -> torch.Tensor:
     fan_out, fan_in = weight.shape
     std = math.sqrt(1.0 / max(1.0, (fan_in + fan_out) / 2.0)) / TRUNCATED_NORMAL_STD
     return nn.init.trunc_normal_(weight, 0.0, std, -2.0 * std, 2.0 * std)
-
-
-def weight_decay_parameters(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
-    """Split parameters into (decayed, not decayed) for SGD param groups.
-
-    The official L2 term covers variables named ``kernel``: every conv and
-    dense weight. Biases and BN gamma/beta are not decayed (protocol §1.5).
-    """
-    kernels = {id(m.weight) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
-    decayed = [p for p in model.parameters() if id(p) in kernels]
-    not_decayed = [p for p in model.parameters() if id(p) not in kernels]
-    return decayed, not_decayed
