@@ -1,4 +1,8 @@
 import os
+import shutil
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -6,6 +10,48 @@ import yaml
 
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 REPO = Path(__file__).resolve().parents[1]
+
+
+def dvc(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """Run the real DVC CLI in ``repo`` (stage commands find this environment's python)."""
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    env.pop("FIXMATCH_MIRROR", None)
+    done = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=repo, env=env, capture_output=True, text=True)
+    if check and done.returncode != 0:
+        raise AssertionError(f"dvc {' '.join(args)} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
+    return done
+
+
+def git(repo: Path, *args: str) -> None:
+    subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True)
+
+
+def repo_on_suite(destination: Path, name: str, suite: str) -> Path:
+    """The working tree's files (tracked and untracked, not ignored; no results or data) in a fresh
+    git repo whose default suite is ``conf/suite/<name>.yaml`` = ``suite``, params composed from it."""
+    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, check=True,
+                            capture_output=True, text=True).stdout.split("\0")
+    for file in filter(None, listed):
+        source = REPO / file
+        if source.is_file() and not file.startswith(("results/", "data/")):
+            (destination / file).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, destination / file)
+    (destination / f"conf/suite/{name}.yaml").write_text(suite)
+    config = destination / "conf/config.yaml"
+    config.write_text(config.read_text().replace("  - suite: quick", f"  - suite: {name}"))
+    subprocess.run([sys.executable, "-m", "fixmatch_bench.compose", "params.yaml"], cwd=destination, check=True)
+    (destination / "dvc.lock").unlink(missing_ok=True)
+    git(destination, "init", "-q")
+    git(destination, "add", "-A")
+    git(destination, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", f"{name} suite")
+    return destination
+
+
+def wait_for_lines(path: Path, count: int, timeout_s: float = 120.0) -> None:
+    """Wait until a training curve file has more than ``count`` lines (training is under way)."""
+    deadline = time.monotonic() + timeout_s
+    while not (path.exists() and len(path.read_text().splitlines()) > count) and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def digits_workspace(root: Path, train: dict) -> tuple[Path, dict]:

@@ -14,13 +14,12 @@ import re
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
 from torch import nn
 
-from conftest import REPO
+from conftest import REPO, wait_for_lines
 from fixmatch_bench import trainer
 from fixmatch_bench.config import Run
 from fixmatch_bench.distributed import SINGLE_PROCESS, World, launch
@@ -158,9 +157,7 @@ def test_sigterm_to_torchrun_stops_every_rank_at_one_step_and_the_rerun_resumes(
     (root / "ddp_long.yaml").write_text(json.dumps(longer))
     process = _torchrun(root, "fixmatch_ra", "ddp_sigterm", params="ddp_long.yaml", start_new_session=True)
     loss = root / "ddp_sigterm/live/plots/metrics/train/loss.tsv"
-    deadline = time.monotonic() + 120
-    while not (loss.exists() and len(loss.read_text().splitlines()) > 3) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_for_lines(loss, 3)
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode != 0

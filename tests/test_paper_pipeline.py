@@ -4,16 +4,13 @@ The raw files are the native-format miniatures of :mod:`paper_miniatures`,
 served over loopback HTTP and reached through ``sources.mirror``; everything
 that differs from the paper suite (dataset sizes, a tiny network, a few steps,
 the miniatures' md5s) lives in ``conf/suite/mini_paper.yaml``, written here and
-composed on top of ``conf/config.yaml``. The real configuration is not edited.
+made the default suite of a copy of ``conf/``. The real configuration is not edited.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import shutil
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,10 +18,9 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import REPO
+from conftest import dvc, repo_on_suite
 from miniature_server import FileServer, closed_port_url
 from paper_miniatures import STL10_TRAIN, SVHN_TRAIN_CLASS_COUNTS, stl10_large_folds, write_paper_miniatures
-from test_pipeline import dvc, git
 
 DATASETS = ("cifar10", "cifar100", "svhn", "stl10")
 # The miniatures' sizes (train, test), see miniature_datasets and paper_miniatures.
@@ -54,25 +50,6 @@ def suite_file(files: dict[str, list[dict[str, str]]], mirror: str | None) -> st
     return "# @package _global_\n" + yaml.safe_dump(suite, sort_keys=False)
 
 
-def clone_with_suite(destination: Path, suite: str) -> Path:
-    """The working tree's files (tracked and untracked, not ignored) in a fresh git repo, params on ``suite``."""
-    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, check=True,
-                            capture_output=True, text=True).stdout.split("\0")
-    for name in filter(None, listed):
-        source = REPO / name
-        if source.is_file() and not name.startswith(("results/", "data/", "reports/baseline/")):
-            (destination / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, destination / name)
-    (destination / "conf/suite/mini_paper.yaml").write_text(suite)
-    subprocess.run([sys.executable, "-m", "fixmatch_bench.compose", "params.yaml", "suite=mini_paper"],
-                   cwd=destination, check=True)
-    (destination / "dvc.lock").unlink(missing_ok=True)
-    git(destination, "init", "-q")
-    git(destination, "add", "-A")
-    git(destination, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "mini paper suite")
-    return destination
-
-
 @pytest.fixture(scope="module")
 def served(tmp_path_factory) -> Iterator[tuple[FileServer, dict[str, list[dict[str, str]]]]]:
     """The loopback HTTP server over the paper miniatures, and their ``files`` lists."""
@@ -86,7 +63,7 @@ def served(tmp_path_factory) -> Iterator[tuple[FileServer, dict[str, list[dict[s
 def paper_repo(tmp_path_factory, served) -> Path:
     """A repo copy on the mini paper suite, after ``dvc repro aggregate``."""
     server, files = served
-    repo = clone_with_suite(tmp_path_factory.mktemp("paper"), suite_file(files, server.url))
+    repo = repo_on_suite(tmp_path_factory.mktemp("paper"), "mini_paper", suite_file(files, server.url))
     dvc(repo, "repro", "aggregate")
     return repo
 
@@ -164,7 +141,7 @@ def test_unreachable_source_without_mirror_is_one_line_naming_the_url_and_the_mi
     _, files = served
     url = closed_port_url() + files["cifar10"][0]["name"]
     unreachable = {**files, "cifar10": [{**files["cifar10"][0], "url": url}]}
-    repo = clone_with_suite(tmp_path, suite_file(unreachable, None))
+    repo = repo_on_suite(tmp_path, "mini_paper", suite_file(unreachable, None))
     failed = dvc(repo, "repro", "download@cifar10", check=False)
     assert failed.returncode != 0
     output = failed.stdout + failed.stderr

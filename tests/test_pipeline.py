@@ -1,8 +1,6 @@
 """The real DVC pipeline on a miniature quick suite, in a temporary git clone of the working tree."""
 
 import json
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +8,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from conftest import REPO
+from conftest import dvc, git, repo_on_suite
 
 MINI_SUITE = """\
 # @package _global_
@@ -36,40 +34,9 @@ check:
 """
 
 
-def dvc(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "DVC_NO_ANALYTICS": "1", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    env.pop("FIXMATCH_MIRROR", None)
-    done = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=repo, env=env, capture_output=True, text=True)
-    if check and done.returncode != 0:
-        raise AssertionError(f"dvc {' '.join(args)} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
-    return done
-
-
-def git(repo: Path, *args: str) -> None:
-    subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True)
-
-
 @pytest.fixture(scope="module")
 def mini_repo(tmp_path_factory) -> Path:
-    """The working tree's files (tracked and untracked, not ignored) in a fresh git repo, on the mini suite."""
-    repo = tmp_path_factory.mktemp("clone")
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, check=True,
-                           capture_output=True, text=True).stdout.split("\0")
-    for name in filter(None, files):
-        source = REPO / name
-        if source.is_file() and not name.startswith(("results/", "data/")):
-            (repo / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, repo / name)
-    (repo / "conf/suite/mini.yaml").write_text(MINI_SUITE)
-    config = repo / "conf/config.yaml"
-    config.write_text(config.read_text().replace("  - suite: quick", "  - suite: mini"))
-    subprocess.run([sys.executable, "-m", "fixmatch_bench.compose", "params.yaml"], cwd=repo, check=True)
-    for lock in ("dvc.lock",):
-        (repo / lock).unlink(missing_ok=True)
-    git(repo, "init", "-q")
-    git(repo, "add", "-A")
-    git(repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "mini")
-    return repo
+    return repo_on_suite(tmp_path_factory.mktemp("clone"), "mini", MINI_SUITE)
 
 
 def test_repro_builds_reports_and_the_check_needs_a_baseline(mini_repo):

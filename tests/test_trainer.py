@@ -5,13 +5,12 @@ import json
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
 import yaml
 
-from conftest import REPO, digits_workspace
+from conftest import REPO, digits_workspace, wait_for_lines
 from fixmatch_bench.checkpoint import CheckpointError
 from fixmatch_bench.config import Run
 from fixmatch_bench.trainer import Interrupted, NonFiniteLoss, StopRequest, train
@@ -71,10 +70,7 @@ def test_sigterm_to_a_real_training_process_checkpoints_and_the_rerun_resumes(wo
                "--fold", "1", "--prepared", str(root / "prepared"), "--splits", str(root / "splits"),
                "--params", str(root / "long.yaml"), "--out", str(root / "sigterm")]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    error_file = root / "sigterm/live/plots/metrics/train/loss.tsv"
-    deadline = time.monotonic() + 120
-    while not (error_file.exists() and len(error_file.read_text().splitlines()) > 3) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_for_lines(root / "sigterm/live/plots/metrics/train/loss.tsv", 3)
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 128 + signal.SIGTERM, stderr
