@@ -1,9 +1,10 @@
 import math
 
 import pytest
+import torch
 from torch import nn
 
-from fixmatch_bench.optim import cosine_lr, make_optimizer, weight_decay_groups
+from fixmatch_bench.optim import cosine_lr, make_optimizer, set_lr, weight_decay_groups
 
 
 def test_cosine_schedule_of_the_official_code():
@@ -25,3 +26,15 @@ def test_optimizer_is_nesterov_sgd():
     optimizer = make_optimizer(nn.Linear(2, 2), 0.03, 0.9, True, 5e-4)
     assert optimizer.defaults["nesterov"] and optimizer.defaults["momentum"] == 0.9
     assert optimizer.defaults["dampening"] == 0
+
+
+def test_set_lr_as_a_tensor_updates_one_device_tensor_in_place_and_back_to_float():
+    model = nn.Linear(3, 2)
+    optimizer = make_optimizer(model, 0.03, 0.9, True, 5e-4)
+    set_lr(optimizer, 0.02, as_tensor=True)
+    held = [group["lr"] for group in optimizer.param_groups]
+    assert all(isinstance(lr, torch.Tensor) and lr.dim() == 0 and lr.dtype == torch.float32 for lr in held)
+    set_lr(optimizer, 0.01, as_tensor=True)
+    assert all(group["lr"] is lr and float(lr) == pytest.approx(0.01) for group, lr in zip(optimizer.param_groups, held))
+    set_lr(optimizer, 0.005)
+    assert all(group["lr"] == 0.005 for group in optimizer.param_groups)

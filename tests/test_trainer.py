@@ -61,6 +61,24 @@ def test_a_run_stopped_and_resumed_is_bit_identical_to_an_uninterrupted_one(work
     assert reference["evaluations"] == 3 and reference["steps"] == 12
 
 
+def test_under_compile_step_a_stopped_and_resumed_run_is_bit_identical_and_resumes_eagerly_too(workspace):
+    """The compiled whole step (loss, SGD with a tensor learning rate, EMA, with distribution
+    alignment and CTAugment probes) resumes exactly; its checkpoint also resumes without compiling."""
+    params = copy.deepcopy(workspace[1])
+    params["speed"]["compile"] = "step"
+    method = "fixmatch_cta_da"
+    reference = _train(workspace, "compiled/straight", method, params)
+    for out in ("compiled/resumed", "compiled/resumed_eager"):
+        with pytest.raises(Interrupted, match="stopped by request at step 5"):
+            _train(workspace, out, method, params, stop=StopRequest(after_step=5))
+    assert isinstance(_final_state(workspace, "compiled/resumed")["optimizer"]["param_groups"][0]["lr"], torch.Tensor)
+    resumed = _train(workspace, "compiled/resumed", method, params)
+    _assert_same_run(workspace, "compiled/straight", "compiled/resumed", reference, resumed)
+    eager = _train(workspace, "compiled/resumed_eager", method)
+    assert eager["steps"] == 12 and eager["speed"]["compile"] == "none"
+    assert isinstance(_final_state(workspace, "compiled/resumed_eager")["optimizer"]["param_groups"][0]["lr"], float)
+
+
 def test_sigterm_to_a_real_training_process_checkpoints_and_the_rerun_resumes(workspace):
     root, params = workspace
     longer = copy.deepcopy(params)

@@ -28,6 +28,23 @@ def make_optimizer(model: nn.Module, lr: float, momentum: float, nesterov: bool,
                            nesterov=nesterov, dampening=0.0, **impl)
 
 
+def set_lr(optimizer: torch.optim.Optimizer, lr: float, as_tensor: bool = False) -> None:
+    """Set every group's learning rate.
+
+    ``as_tensor`` keeps it in a 0-d tensor on the parameters' device, updated in
+    place (no host synchronisation after the first call), which a compiled
+    ``optimizer.step`` reads instead of recompiling for every new value.
+    """
+    for group in optimizer.param_groups:
+        current = group["lr"]
+        if not as_tensor:
+            group["lr"] = lr
+        elif isinstance(current, torch.Tensor) and current.device == group["params"][0].device:
+            current.fill_(lr)
+        else:  # first call, or a state dict just loaded
+            group["lr"] = torch.tensor(lr, dtype=torch.float32, device=group["params"][0].device)
+
+
 def cosine_lr(base_lr: float, step: int, total_steps: int) -> float:
     """lr_k = lr * cos(7 pi k / (16 K)), no warm-up; ends at lr * cos(7 pi / 16)."""
     progress = min(max(step / total_steps, 0.0), 1.0)

@@ -12,8 +12,15 @@ on CUDA it is PyTorch's own default). The others trade exactness for speed:
 - ``autocast_bf16``: the forward pass under ``torch.autocast`` in bfloat16;
   logits are cast back to float32, so the loss, softmax, threshold and
   gradients' accumulation in the parameters stay fp32.
-- ``compile``: ``torch.compile`` of the forward (``model``) with
-  ``compile_mode``; numerics at float rounding level.
+- ``compile``: ``torch.compile`` with ``compile_mode``; numerics at float
+  rounding level. ``model`` compiles the forward passes. ``step`` compiles the
+  whole update: the forward together with the loss (AOTAutograd compiles its
+  backward), the SGD step (with the learning rate held in a device tensor, so
+  that the cosine schedule does not recompile it) and the EMA update; the
+  evaluation and probe forwards are compiled as with ``model``. With
+  ``compile_mode: reduce-overhead`` on CUDA the compiled pieces replay as CUDA
+  graphs. What stays eager: augmentation sampling (it draws from explicit
+  generators), ``loss.backward()``'s call and the DDP buffer broadcast.
 - ``weak_no_grad``: ALGORITHM-CHANGING. The weak view goes through the
   network in its own forward pass under ``no_grad`` instead of the one
   concatenated pass: BatchNorm normalises the weak images with their own batch
@@ -28,12 +35,12 @@ input format, autocast and compilation around it.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
 
-COMPILE = ("none", "model")
+COMPILE = ("none", "model", "step")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 OPTIMIZER_IMPLS = ("for_loop", "foreach", "fused")
 # Options that change what a run computes beyond float rounding: part of a run's fingerprint.
@@ -76,6 +83,11 @@ class SpeedOptions:
         """The options that change results beyond float rounding (resume only with the same ones)."""
         return {name: value for name, value in asdict(self).items() if name in CHANGES_RESULTS}
 
+    @property
+    def lr_as_tensor(self) -> bool:
+        """Whether the optimizer's learning rate lives in a device tensor (a compiled SGD step reads it)."""
+        return self.compile == "step"
+
     def optimizer_kwargs(self) -> dict[str, bool]:
         """Keyword arguments selecting the ``torch.optim.SGD`` implementation."""
         return {"for_loop": {"foreach": False}, "foreach": {"foreach": True},
@@ -111,9 +123,36 @@ def prepare_model(model: nn.Module, options: SpeedOptions) -> nn.Module:
     return model
 
 
-def fast_forward(model: nn.Module, options: SpeedOptions) -> nn.Module:
-    """A module computing ``model``'s logits (float32) with the options applied; shares ``model``'s parameters."""
+def fast_forward(model: nn.Module, options: SpeedOptions, training: bool = False) -> nn.Module:
+    """A module computing ``model``'s logits (float32) with the options applied; shares ``model``'s parameters.
+
+    ``training``: the forward of the loss. Under ``compile: step`` it stays
+    uncompiled here because the compiled loss (:class:`StepFunctions`) traces through it.
+    """
     forward = FastForward(model, options.channels_last, options.autocast_bf16)
-    if options.compile == "model":
+    if options.compile == "model" or (options.compile == "step" and not training):
         return torch.compile(forward, mode=options.compile_mode)
     return forward
+
+
+@dataclass(frozen=True)
+class StepFunctions:
+    """The pieces of one training update, compiled under ``compile: step``, plain otherwise.
+
+    ``loss`` has :func:`~fixmatch_bench.fixmatch.fixmatch_loss`'s signature;
+    ``optimizer_step()`` is ``optimizer.step()``; ``ema_update(model)`` is
+    ``ema.update(model)``. The loop calls ``loss``, ``backward``, ``optimizer_step``,
+    (the DDP buffer broadcast) and ``ema_update``, in that order.
+    """
+
+    loss: Callable
+    optimizer_step: Callable[[], Any]
+    ema_update: Callable[[nn.Module], None]
+
+    @classmethod
+    def build(cls, loss: Callable, optimizer: torch.optim.Optimizer, ema_update: Callable[[nn.Module], None],
+              options: SpeedOptions) -> StepFunctions:
+        if options.compile != "step":
+            return cls(loss, optimizer.step, ema_update)
+        compiled = lambda function: torch.compile(function, mode=options.compile_mode)  # noqa: E731
+        return cls(compiled(loss), compiled(optimizer.step), compiled(ema_update))

@@ -33,10 +33,10 @@ from .distribution_alignment import DistributionAlignment
 from .ema import ModelEMA
 from .evaluation import accuracy, reported_error, to_model_input
 from .fixmatch import Batch, fixmatch_loss
-from .optim import cosine_lr, make_optimizer
+from .optim import cosine_lr, make_optimizer, set_lr
 from .prepared import load_prepared
 from .sampling import IndexStream
-from .speed import SpeedOptions, fast_forward, prepare_model
+from .speed import SpeedOptions, StepFunctions, fast_forward, prepare_model
 from .splits import read_split
 from .wide_resnet import WideResNet
 
@@ -191,7 +191,7 @@ class Window:
                 value = logs[name].detach().double()
                 self.sums[name] = self.sums[name] + value if name in self.sums else value
         bad = ~torch.isfinite(logs["loss"].detach())
-        marker = torch.where(bad, torch.tensor(step, device=bad.device), torch.tensor(-1, device=bad.device))
+        marker = torch.where(bad, step, -1)  # scalars, not device tensors: no host-to-device copy per step
         self.first_bad_step = marker if self.first_bad_step is None else torch.where(
             self.first_bad_step >= 0, self.first_bad_step, marker)
         self.steps += 1
@@ -268,7 +268,8 @@ def train(params: dict, run: Run, data_dir: Path, split_path: Path, out_dir: Pat
     optimizer = make_optimizer(model, hp["lr"], hp["momentum"], hp["nesterov"], facts["weight_decay"],
                                **speed.optimizer_kwargs())
     # EMA, probes and checkpoints use the plain modules; training goes through DDP when distributed.
-    forward, ema_forward = fast_forward(world.wrap(model), speed), fast_forward(ema.module, speed)
+    forward, ema_forward = fast_forward(world.wrap(model), speed, training=True), fast_forward(ema.module, speed)
+    step_functions = StepFunctions.build(fixmatch_loss, optimizer, ema.update, speed)
     cutout = facts["cta_cutout"] if method["strong"] == "ctaugment" else facts["ra_cutout"]
     options = {"ra_translate_scale": facts["ra_translate_scale"]} if method["strong"] == "randaugment" else {}
     augmenter = make_augmenter(strong=method["strong"], impl=params["augment"]["impl"], flip=facts["flip"],
@@ -328,8 +329,7 @@ def train(params: dict, run: Run, data_dir: Path, split_path: Path, out_dir: Pat
                dynamic_ncols=True)
     for step in range(start_step + 1, steps + 1):
         lr = cosine_lr(hp["lr"], step - 1, steps)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+        set_lr(optimizer, lr, as_tensor=speed.lr_as_tensor)
         # The global batch and its augmentations, drawn identically on every rank; each rank keeps its share.
         labeled_index = labeled_stream.next()
         labeled = augmenter.weak(data.labeled_images[labeled_index], augment_generator)
@@ -342,14 +342,15 @@ def train(params: dict, run: Run, data_dir: Path, split_path: Path, out_dir: Pat
                           weak=to_model_input(augmenter.weak(unlabeled, augment_generator)[unlabeled_share]),
                           strong=to_model_input(augmenter.strong(unlabeled, augment_generator)[unlabeled_share]),
                           unlabeled_targets=data.unlabeled_targets[unlabeled_index][unlabeled_share])
-        loss, logs = fixmatch_loss(forward, batch, params["threshold"], hp["unlabeled_weight"] * uses_unlabeled,
-                                   align=alignment.align if alignment is not None else None,
-                                   weak_no_grad=speed.weak_no_grad)
+        loss, logs = step_functions.loss(forward, batch, params["threshold"],
+                                         hp["unlabeled_weight"] * uses_unlabeled,
+                                         align=alignment.align if alignment is not None else None,
+                                         weak_no_grad=speed.weak_no_grad)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        optimizer.step()
+        step_functions.optimizer_step()
         world.sync_buffers(model)
-        ema.update(model)
+        step_functions.ema_update(model)
         if alignment is not None:
             alignment.update(logs["weak_probs"])
         if method["strong"] == "ctaugment":
