@@ -2,10 +2,11 @@
 
 import json
 
+import pytest
 import torch
 
-from fixmatch_bench.bench import (BenchConfig, RandomData, _PerImage, _SuiteStep, _breakdown, reduced_configs,
-                                  render_markdown, write_report)
+from fixmatch_bench.bench import (GPU_LADDER, GPU_SPEED, BenchConfig, RandomData, _attempt, _PerImage, _SuiteStep,
+                                  _breakdown, main, reduced_configs, render_markdown, write_report)
 from fixmatch_bench.speed import SpeedOptions
 
 TINY = BenchConfig("tiny", {"filters": 8, "scales": 1, "repeat": 1}, batch=2, uratio=3, train_size=16, test_size=8,
@@ -56,3 +57,48 @@ def test_a_cpu_report_says_gpu_figures_were_not_measured(tmp_path):
     assert "GPU figures: not measured" in markdown and "REDUCED" in markdown
     assert json.loads((tmp_path / "throughput.json").read_text())["gpu_figures"] == "not measured"
     assert render_markdown(report) == markdown
+
+
+def _measured(steps_per_s: float) -> dict:
+    return {"steps_per_s": steps_per_s, "speed_options": {},
+            "breakdown_ms": {"augmentation_ms": 1.0, "forward_backward_ms": 2.0, "optimizer_ema_ms": 0.5}}
+
+
+def test_a_gpu_report_has_the_option_ladder_failures_and_cta_against_ra():
+    ladder = [dict(label=label, **_measured(100.0 * (index + 1))) for index, (label, _) in enumerate(GPU_LADDER[:3])]
+    ladder.append({"label": GPU_LADDER[3][0], "error": "BackendCompilerFailed: boom"})
+    report = {"device": "NVIDIA H100", "device_type": "cuda", "reduced": False, "torch": "2.11", "cpu_cores": 16,
+              "load_average_1min": 0.1, "results": [
+                  {"config": "WRN-28-2 32px RandAugment", "settings": {}, "ratio": 8.0, "suite": _measured(240.0),
+                   "peers": _measured(30.0), "ladder": ladder},
+                  {"config": "WRN-28-2 32px CTAugment", "settings": {}, "suite": _measured(216.0)}]}
+    markdown = render_markdown(report)
+    assert "| WRN-28-2 32px RandAugment | 30.00 | 240.00 | 8.00x | 1.0 | 2.0 | 0.5 |" in markdown
+    assert "| WRN-28-2 32px CTAugment | — | 216.00 | — | 1.0 | 2.0 | 0.5 |" in markdown
+    assert "- WRN-28-2 32px: CTAugment runs at 0.90 of RandAugment's steps/s." in markdown
+    assert "| + compile: model | 300.00 | 3.00x | 1.0 | 2.0 | 0.5 |" in markdown
+    assert "| + compile: step | failed (see throughput.json) | — | — | — | — |" in markdown
+    assert "compile: step" in markdown.split("\n")[5] and "not measured" not in markdown
+
+
+def test_a_failing_measurement_is_reported_not_raised(capsys):
+    def broken():
+        raise RuntimeError("no kernel image")
+    assert _attempt("x", broken) == {"error": "RuntimeError: no kernel image"}
+    assert "failed: RuntimeError: no kernel image" in capsys.readouterr().err
+    assert _attempt("y", lambda: {"steps_per_s": 1.0}) == {"steps_per_s": 1.0}
+
+
+def test_the_gpu_ladder_adds_one_option_at_a_time_and_labels_the_algorithm_changing_rung():
+    options = [speed for _, speed in GPU_LADDER]
+    assert options[0].compile == "none" and not options[0].autocast_bf16
+    assert GPU_SPEED in options and not GPU_SPEED.weak_no_grad and GPU_SPEED.compile == "step"
+    changing = [label for label, speed in GPU_LADDER if speed.weak_no_grad]
+    assert len(changing) == 1 and "ALGORITHM-CHANGING" in changing[0]
+
+
+def test_only_that_matches_no_configuration_is_refused(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--only", "no such config", "--out", str(tmp_path)])
+    assert exit_info.value.code == 2 and "matches no configuration" in capsys.readouterr().err
+    assert not (tmp_path / "throughput.json").exists()

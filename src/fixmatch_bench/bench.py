@@ -6,11 +6,14 @@
     fp32 eager model.
 (b) ``suite``: the uint8 dataset on the device, batches drawn there, batched
     per-sample augmentation (``impl="batched"``) and, on CUDA, the speed
-    options (channels_last + bf16 autocast + torch.compile).
+    options :data:`GPU_SPEED` (channels_last + bf16 autocast + ``compile: step``).
+    The first configuration also measures (b) under each rung of
+    :data:`GPU_LADDER` (each speed option added in turn; the
+    algorithm-changing ``weak_no_grad`` reported on its own row).
 
 Both run the same step: augmentation, one forward/backward of the
-labeled + weak + strong batch, SGD, EMA update (and CTAugment probes for
-CTAugment), with the EMA model evaluated on the test set every
+labeled + weak + strong batch, the cosine learning rate, SGD, EMA update (and
+CTAugment probes for CTAugment), with the EMA model evaluated on the test set every
 ``eval_every`` steps, included in the end-to-end figure. For (b) a second,
 synchronised pass splits a step into augmentation, forward/backward and
 optimizer+EMA (CUDA events on GPU, ``perf_counter`` on CPU).
@@ -18,8 +21,8 @@ optimizer+EMA (CUDA events on GPU, ``perf_counter`` on CPU).
 On a CPU-only machine the reduced configuration runs (small network, tiny
 batch, few steps): it exercises the code, its figures say nothing about GPUs.
 
-CLI: ``python -m fixmatch_bench.bench [--out reports] [--reduced]`` writes
-``throughput.md`` and ``throughput.json``.
+CLI: ``python -m fixmatch_bench.bench [--out reports] [--reduced] [--only TEXT]``
+writes ``throughput.md`` and ``throughput.json``.
 """
 
 from __future__ import annotations
@@ -28,8 +31,9 @@ import argparse
 import json
 import os
 import platform
+import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -41,12 +45,26 @@ from .augment import make_augmenter
 from .ema import ModelEMA
 from .evaluation import accuracy, to_model_input
 from .fixmatch import Batch, fixmatch_loss
-from .optim import make_optimizer
+from .optim import cosine_lr, make_optimizer, set_lr
 from .sampling import IndexStream
-from .speed import SpeedOptions, fast_forward, prepare_model
+from .speed import SpeedOptions, StepFunctions, fast_forward, prepare_model
 from .wide_resnet import WideResNet
 
-GPU_SPEED = SpeedOptions(channels_last=True, autocast_bf16=True, compile="model")
+GPU_SPEED = SpeedOptions(channels_last=True, autocast_bf16=True, compile="step")
+# (label, options): the suite's pipeline with each speed option added in turn.
+GPU_LADDER: tuple[tuple[str, SpeedOptions], ...] = (
+    ("fp32 eager", SpeedOptions()),
+    ("+ bf16 autocast + channels_last", SpeedOptions(channels_last=True, autocast_bf16=True)),
+    ("+ compile: model", replace(GPU_SPEED, compile="model")),
+    ("+ compile: step", GPU_SPEED),
+    ("+ compile: step, CUDA graphs (compile_mode: reduce-overhead)", replace(GPU_SPEED, compile_mode="reduce-overhead")),
+    ("compile: step + weak_no_grad (ALGORITHM-CHANGING, not the paper's method)", replace(GPU_SPEED, weak_no_grad=True)),
+)
+# On CPU the ladder has only the options that need no compiler time (it runs in CI).
+CPU_LADDER: tuple[tuple[str, SpeedOptions], ...] = (
+    ("fp32 eager", SpeedOptions()),
+    ("+ channels_last", SpeedOptions(channels_last=True)),
+)
 
 
 @dataclass(frozen=True)
@@ -68,6 +86,7 @@ class BenchConfig:
     eval_every: int = 1024
     eval_batch: int = 1024
     peers: bool = True  # also measure pipeline (a)
+    ladder: bool = False  # also measure (b) under each rung of the speed-option ladder
 
     @property
     def translate(self) -> int:
@@ -82,7 +101,7 @@ def full_configs() -> list[BenchConfig]:
     """The GPU suite: WRN-28-2 with RandAugment (both pipelines) and CTAugment, WRN-28-8, WRN-37-2 at 96 px."""
     wrn_28_2 = {"filters": 32, "scales": 3, "repeat": 4}
     return [
-        BenchConfig("WRN-28-2 32px RandAugment", wrn_28_2, steps=2048, warmup=50, eval_every=1024),
+        BenchConfig("WRN-28-2 32px RandAugment", wrn_28_2, steps=1024, warmup=50, eval_every=512, ladder=True),
         BenchConfig("WRN-28-2 32px CTAugment", wrn_28_2, strong="ctaugment", steps=1024, warmup=50,
                     eval_every=512, peers=False),
         BenchConfig("WRN-28-8 32px RandAugment", {"filters": 128, "scales": 3, "repeat": 4}, steps=256, warmup=20,
@@ -96,7 +115,7 @@ def reduced_configs() -> list[BenchConfig]:
     """The CPU smoke version: CIFAR-shaped images, a small network, B=2 (mu=7), a few steps."""
     return [BenchConfig("reduced CPU: ResNet filters 16, 2 scales x 1 block, 32px RandAugment, B=2, mu=7", {"filters": 16, "scales": 2, "repeat": 1},
                         batch=2, train_size=2048, test_size=256, steps=16, warmup=4, breakdown_steps=8,
-                        eval_every=8, eval_batch=256)]
+                        eval_every=8, eval_batch=256, ladder=True)]
 
 
 @dataclass
@@ -163,22 +182,27 @@ class _Trainer:
 
     def __post_init__(self) -> None:
         torch.manual_seed(0)
+        torch.compiler.reset()  # each measurement compiles afresh (and stays under the recompile limit)
         self.model = prepare_model(WideResNet(self.config.num_classes, 3, **self.config.network).to(self.device),
                                    self.speed).train()
         self.ema = ModelEMA(self.model, 0.999)
         self.optimizer = make_optimizer(self.model, 0.03, 0.9, True, 5e-4, **self.speed.optimizer_kwargs())
-        self.forward = fast_forward(self.model, self.speed)
+        self.forward = fast_forward(self.model, self.speed, training=True)
         self.ema_forward = fast_forward(self.ema.module, self.speed)
+        self.step_functions = StepFunctions.build(fixmatch_loss, self.optimizer, self.ema.update, self.speed)
+        self.step = 0
 
     def loss_backward(self, batch: Batch) -> dict[str, Tensor]:
-        loss, logs = fixmatch_loss(self.forward, batch, 0.95, 1.0)
+        loss, logs = self.step_functions.loss(self.forward, batch, 0.95, 1.0, weak_no_grad=self.speed.weak_no_grad)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         return logs
 
     def optimizer_ema(self) -> None:
-        self.optimizer.step()
-        self.ema.update(self.model)
+        set_lr(self.optimizer, cosine_lr(0.03, self.step, 2**20), as_tensor=self.speed.lr_as_tensor)
+        self.step += 1
+        self.step_functions.optimizer_step()
+        self.step_functions.ema_update(self.model)
 
     def evaluate(self) -> Tensor:
         return accuracy(self.ema_forward, self.test, self.test_targets, self.config.eval_batch)
@@ -299,6 +323,17 @@ def measure_suite(config: BenchConfig, data: RandomData, device: torch.device, s
             "breakdown_ms": _breakdown(run, config.breakdown_steps)}
 
 
+def _attempt(what: str, measure: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """``measure()``, or ``{"error": ...}`` when it raises: one failing option (a compiler error on
+    some GPU, say) is reported in its row instead of losing the other measurements."""
+    print(f"measuring {what}", file=sys.stderr, flush=True)
+    try:
+        return measure()
+    except Exception as error:  # noqa: BLE001 - reported in the table and the JSON
+        print(f"  failed: {type(error).__name__}: {error}", file=sys.stderr, flush=True)
+        return {"error": f"{type(error).__name__}: {error}"}
+
+
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -306,21 +341,31 @@ def device_name(device: torch.device) -> str:
 
 
 def run_benchmark(device: torch.device | None = None, reduced: bool | None = None,
-                  workers: int | None = None) -> dict[str, Any]:
-    """Measure every configuration; the full GPU suite on CUDA, the reduced one otherwise (by default)."""
+                  workers: int | None = None, only: str | None = None) -> dict[str, Any]:
+    """Measure every configuration (those whose name contains ``only``, if given); the full GPU
+    suite on CUDA, the reduced one otherwise (by default)."""
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     reduced = device.type != "cuda" if reduced is None else reduced
     workers = workers or os.cpu_count() or 1
-    speed = GPU_SPEED if device.type == "cuda" else SpeedOptions()
+    cuda = device.type == "cuda"
+    speed, ladder = (GPU_SPEED, GPU_LADDER) if cuda else (SpeedOptions(), CPU_LADDER)
     load_average = os.getloadavg()[0]  # other processes on the host skew every figure
     results = []
     for config in (reduced_configs() if reduced else full_configs()):
+        if only is not None and only not in config.name:
+            continue
         data = RandomData.make(config)
         row: dict[str, Any] = {"config": config.name, "settings": asdict(config)}
-        row["suite"] = measure_suite(config, data, device, speed)
+        row["suite"] = _attempt(f"{config.name}: (b) suite",
+                                lambda: measure_suite(config, data, device, speed))
         if config.peers:
-            row["peers"] = measure_peers(config, data, device, workers)
-            row["ratio"] = row["suite"]["steps_per_s"] / row["peers"]["steps_per_s"]
+            row["peers"] = _attempt(f"{config.name}: (a) peers", lambda: measure_peers(config, data, device, workers))
+            if "steps_per_s" in row["suite"] and "steps_per_s" in row["peers"]:
+                row["ratio"] = row["suite"]["steps_per_s"] / row["peers"]["steps_per_s"]
+        if config.ladder:
+            row["ladder"] = [dict(label=label, **_attempt(f"{config.name}: (b) {label}", lambda options=options:
+                                                          measure_suite(config, data, device, options)))
+                             for label, options in ladder]
         results.append(row)
     return {"device": device_name(device), "device_type": device.type, "reduced": reduced,
             "torch": torch.__version__, "cpu_cores": os.cpu_count(), "load_average_1min": load_average,
@@ -331,6 +376,32 @@ def _figure(value: float | None, unit: str = "") -> str:
     return "—" if value is None else f"{value:.2f}{unit}"
 
 
+def _phases(measured: dict[str, Any]) -> str:
+    if "error" in measured:
+        return "— | — | —"
+    breakdown = measured["breakdown_ms"]
+    return (f"{breakdown['augmentation_ms']:.1f} | {breakdown['forward_backward_ms']:.1f} | "
+            f"{breakdown['optimizer_ema_ms']:.1f}")
+
+
+def _steps(measured: dict[str, Any] | None) -> str:
+    if measured is None:
+        return "—"
+    return "failed (see throughput.json)" if "error" in measured else _figure(measured["steps_per_s"])
+
+
+def _cta_vs_ra(results: list[dict[str, Any]]) -> list[str]:
+    """CTAugment's steps/s as a fraction of RandAugment's on the same network (goal: within 15 %)."""
+    by_name = {row["config"]: row["suite"] for row in results}
+    lines = []
+    for name, suite in by_name.items():
+        ra = by_name.get(name.replace("CTAugment", "RandAugment"))
+        if "CTAugment" in name and ra and "steps_per_s" in ra and "steps_per_s" in suite:
+            lines.append(f"- {name.replace(' CTAugment', '')}: CTAugment runs at "
+                         f"{suite['steps_per_s'] / ra['steps_per_s']:.2f} of RandAugment's steps/s.")
+    return lines
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     """The throughput report as markdown (GPU figures marked "not measured" without a GPU)."""
     gpu = report["device_type"] == "cuda"
@@ -339,22 +410,33 @@ def render_markdown(report: dict[str, Any]) -> str:
              f"{'full GPU suite' if not report['reduced'] else 'REDUCED configuration (smoke test, not a GPU figure)'}; "
              f"host load average at start {report['load_average_1min']:.2f}.",
              "", "Made by `python -m fixmatch_bench.bench` (random uint8 data; a step = augmentation, "
-             "forward/backward of labeled + weak + strong, SGD, EMA; periodic EMA evaluation included).",
+             "forward/backward of labeled + weak + strong, cosine learning rate, SGD, EMA; periodic EMA "
+             "evaluation included).",
              "(a) peers: per-image PIL RandAugment in DataLoader workers (one per core), fp32 eager. "
              "(b) suite: uint8 data on the device, batched per-sample augmentation"
-             f"{', channels_last + bf16 autocast + torch.compile' if gpu else ' (speed options off on CPU)'}.", "",
+             f"{', channels_last + bf16 autocast + compile: step' if gpu else ' (speed options off on CPU)'}.", "",
              "| configuration | (a) peers steps/s | (b) suite steps/s | ratio b/a | aug ms | fwd+bwd ms | opt+EMA ms |",
              "|---|---|---|---|---|---|---|"]
     for row in report["results"]:
-        breakdown = row["suite"]["breakdown_ms"]
-        lines.append(f"| {row['config']} | {_figure(row.get('peers', {}).get('steps_per_s'))} | "
-                     f"{_figure(row['suite']['steps_per_s'])} | {_figure(row.get('ratio'), 'x')} | "
-                     f"{breakdown['augmentation_ms']:.1f} | {breakdown['forward_backward_ms']:.1f} | "
-                     f"{breakdown['optimizer_ema_ms']:.1f} |")
+        lines.append(f"| {row['config']} | {_steps(row.get('peers'))} | {_steps(row['suite'])} | "
+                     f"{_figure(row.get('ratio'), 'x')} | {_phases(row['suite'])} |")
+    comparisons = _cta_vs_ra(report["results"])
+    if comparisons:
+        lines += [""] + comparisons
+    for row in report["results"]:
+        if "ladder" not in row:
+            continue
+        base = row["ladder"][0].get("steps_per_s")
+        lines += ["", f"Speed options one by one, (b) on {row['config']}:", "",
+                  "| speed options | steps/s | vs first row | aug ms | fwd+bwd ms | opt+EMA ms |",
+                  "|---|---|---|---|---|---|"]
+        for rung in row["ladder"]:
+            ratio = rung["steps_per_s"] / base if base and "steps_per_s" in rung else None
+            lines.append(f"| {rung['label']} | {_steps(rung)} | {_figure(ratio, 'x')} | {_phases(rung)} |")
     if not gpu:
         lines += ["", "GPU figures: not measured (no GPU on this machine). On a GPU host run "
                   "`uv run python -m fixmatch_bench.bench` to measure the full suite "
-                  "(WRN-28-2 RA/CTA, WRN-28-8, WRN-37-2 at 96 px)."]
+                  "(WRN-28-2 RA/CTA with the speed-option ladder, WRN-28-8, WRN-37-2 at 96 px)."]
     lines += ["", "The breakdown is a separate synchronised pass of (b); its sum can exceed 1000 / steps/s "
               "because phases no longer overlap."]
     return "\n".join(lines) + "\n"
@@ -372,11 +454,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("reports"), help="folder for throughput.md/.json")
     parser.add_argument("--reduced", action="store_true", help="the small CPU configuration even on a GPU")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--only", metavar="TEXT", help="measure only the configurations whose name contains TEXT")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda but no CUDA device is available")
     device = None if args.device == "auto" else torch.device(args.device)
-    report = run_benchmark(device, reduced=True if args.reduced else None)
+    report = run_benchmark(device, reduced=True if args.reduced else None, only=args.only)
+    if not report["results"]:
+        parser.error(f"--only {args.only!r} matches no configuration")
     write_report(report, args.out)
     print(render_markdown(report))
 
