@@ -31,6 +31,25 @@ def test_same_seed_same_views_and_both_backends_agree(kind: str, channels: int, 
     assert not torch.equal(first[1], other[1])
 
 
+@pytest.mark.parametrize("impl", ["batched", "reference"])
+@pytest.mark.parametrize("kind", ["randaugment", "ctaugment", "none"])
+def test_a_share_is_the_same_slice_of_the_whole_batch_and_draws_as_much(kind: str, impl: str) -> None:
+    """What a DDP rank computes: its slice of what one process computes, the generator left in the same state."""
+    images = make_images(12, 3, 32)
+    share = slice(4, 8)
+    outputs = {}
+    for part in (slice(None), share):
+        augmenter = make_augmenter(kind, impl, cutout=cutout_side(32, 32) if kind == "ctaugment" else 16)
+        generator = torch.Generator().manual_seed(3)
+        views = [augmenter.weak(images, generator, part), augmenter.strong(images, generator, part)]
+        if kind == "ctaugment":
+            views += augmenter.probe(images, generator, part)
+        outputs[part.start] = views, generator.get_state()
+    (whole, whole_state), (sliced, sliced_state) = outputs[None], outputs[4]
+    assert all(torch.equal(full[share], part) for full, part in zip(whole, sliced))
+    assert sliced[0].shape[0] == 4 and torch.equal(whole_state, sliced_state)
+
+
 def test_strong_draws_its_own_weak_view() -> None:
     images = make_images(32, 3, 32)
     augmenter = make_augmenter("none", cutout=0)

@@ -330,7 +330,8 @@ def train(params: dict, run: Run, data_dir: Path, split_path: Path, out_dir: Pat
     for step in range(start_step + 1, steps + 1):
         lr = cosine_lr(hp["lr"], step - 1, steps)
         set_lr(optimizer, lr, as_tensor=speed.lr_as_tensor)
-        # The global batch and its augmentations, drawn identically on every rank; each rank keeps its share.
+        # The global batch and its augmentations are drawn identically on every rank; each rank
+        # augments its share (the labeled weak view whole: CTAugment probes draw from all of it).
         labeled_index = labeled_stream.next()
         labeled = augmenter.weak(data.labeled_images[labeled_index], augment_generator)
         targets = data.labeled_targets[labeled_index][labeled_share]
@@ -339,8 +340,8 @@ def train(params: dict, run: Run, data_dir: Path, split_path: Path, out_dir: Pat
             unlabeled_index = unlabeled_stream.next()
             unlabeled = data.unlabeled_images[unlabeled_index]
             batch = Batch(labeled=batch.labeled, targets=targets,
-                          weak=to_model_input(augmenter.weak(unlabeled, augment_generator)[unlabeled_share]),
-                          strong=to_model_input(augmenter.strong(unlabeled, augment_generator)[unlabeled_share]),
+                          weak=to_model_input(augmenter.weak(unlabeled, augment_generator, unlabeled_share)),
+                          strong=to_model_input(augmenter.strong(unlabeled, augment_generator, unlabeled_share)),
                           unlabeled_targets=data.unlabeled_targets[unlabeled_index][unlabeled_share])
         loss, logs = step_functions.loss(forward, batch, params["threshold"],
                                          hp["unlabeled_weight"] * uses_unlabeled,
@@ -354,12 +355,12 @@ def train(params: dict, run: Run, data_dir: Path, split_path: Path, out_dir: Pat
         if alignment is not None:
             alignment.update(logs["weak_probs"])
         if method["strong"] == "ctaugment":
-            probes, policies = augmenter.probe(labeled, augment_generator)
+            probes, policies = augmenter.probe(labeled, augment_generator, labeled_share)
             ema.module.eval()
             with torch.no_grad():
-                probabilities = torch.softmax(ema_forward(to_model_input(probes[labeled_share])), dim=1)
+                probabilities = torch.softmax(ema_forward(to_model_input(probes)), dim=1)
             p_true = probabilities.gather(1, targets[:, None]).squeeze(1)
-            augmenter.update(world.gather(policies[labeled_share]), world.gather(p_true))
+            augmenter.update(world.gather(policies), world.gather(p_true))
         window.add(step, logs)
 
         if step % hp["log_every"] == 0 or step == steps:

@@ -9,7 +9,9 @@ either backend applies:
 - ``impl="reference"``: :mod:`.pil_ops`, per-image PIL, CPU only.
 
 Both draw identically, so with the same generator state they produce the
-same augmentation; on CPU the two are bit-identical op by op
+same augmentation. Every call draws for the whole batch it is given and can
+augment only a ``share`` of it (a DDP rank's slice of the global batch): the
+draws, and so the images, do not depend on the number of ranks; on CPU the two are bit-identical op by op
 (``tests/test_augment_equivalence.py``). Fills, quirks and deviations from the
 official code are documented in :mod:`.randaugment` and :mod:`.ctaugment`.
 """
@@ -27,6 +29,7 @@ from .primitives import Fill, cutout_step
 from .weak import check_translate, sample_weak
 
 STRONG_KINDS = ("randaugment", "ctaugment", "none")
+ALL = slice(None)  # the default share: the whole batch
 IMPLS = ("batched", "reference")
 
 
@@ -58,10 +61,10 @@ class Augmenter:
         backend = tensor_ops if self.impl == "batched" else pil_ops
         return backend.apply_steps(images, ops, args, fill)
 
-    def _weak(self, images: Tensor, generator: torch.Generator) -> Tensor:
+    def _weak(self, images: Tensor, generator: torch.Generator, share: slice) -> Tensor:
         params = sample_weak(images.shape[0], self.flip, self.translate, generator)
         backend = tensor_ops if self.impl == "batched" else pil_ops
-        return backend.flip_shift(images, params.flip, params.shift_y, params.shift_x)
+        return backend.flip_shift(images[share], params.flip[share], params.shift_y[share], params.shift_x[share])
 
     def _strong_steps(self, n: int, height: int, width: int, generator: torch.Generator) -> tuple[Tensor, Tensor, Fill]:
         """The strong policy (after the weak view) as primitive steps, and its fill."""
@@ -69,20 +72,20 @@ class Augmenter:
 
     # ------------------------------------------------------------ public API
 
-    def weak(self, images: Tensor, generator: torch.Generator) -> Tensor:
-        """Weak view: flip (p = 0.5, if ``flip``) + reflect-pad shift up to ``translate`` px."""
+    def weak(self, images: Tensor, generator: torch.Generator, share: slice = ALL) -> Tensor:
+        """Weak view of ``images[share]``: flip (p = 0.5, if ``flip``) + reflect-pad shift up to ``translate`` px."""
         self._check(images, generator)
-        return self._weak(images, generator)
+        return self._weak(images, generator, share)
 
-    def strong(self, images: Tensor, generator: torch.Generator) -> Tensor:
-        """Strong view: an independent weak view, then the policy, then cutout."""
+    def strong(self, images: Tensor, generator: torch.Generator, share: slice = ALL) -> Tensor:
+        """Strong view of ``images[share]``: an independent weak view, then the policy, then cutout."""
         self._check(images, generator)
-        weak = self._weak(images, generator)
-        n, _, height, width = weak.shape
+        weak = self._weak(images, generator, share)
+        n, _, height, width = images.shape
         ops, args, fill = self._strong_steps(n, height, width, generator)
-        return self._apply(weak, ops, args, fill)
+        return self._apply(weak, ops[share], args[share], fill)
 
-    def probe(self, images: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    def probe(self, images: Tensor, generator: torch.Generator, share: slice = ALL) -> tuple[Tensor, Tensor]:
         """CTAugment only; raises RuntimeError for the other kinds."""
         raise RuntimeError(f"probe() is only defined for strong='ctaugment', this augmenter is {self.strong_kind!r}")
 
@@ -150,16 +153,17 @@ class CTAugmenter(Augmenter):
             ops, args = torch.cat([ops, cut_ops], dim=1), torch.cat([args, cut_args], dim=1)
         return ops, args, CTA_FILL
 
-    def probe(self, images: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-        """One probe view per (already weak-augmented) image: uniform ops and levels, no cutout.
+    def probe(self, images: Tensor, generator: torch.Generator, share: slice = ALL) -> tuple[Tensor, Tensor]:
+        """One probe view per (already weak-augmented) image of ``images[share]``: uniform ops and
+        levels, no cutout.
 
-        Returns ``(probes uint8 [N, C, H, W], policies float64 [N, depth, 3])``.
+        Returns ``(probes uint8 [S, C, H, W], policies float64 [S, depth, 3])`` for the S images of the share.
         """
         self._check(images, generator)
         n, _, height, width = images.shape
         policy = self.cta.sample_policy(n, generator, probe=True)
         ops, args = self.cta.resolve(policy, height, width, generator)
-        return self._apply(images, ops, args, CTA_FILL), policy
+        return self._apply(images[share], ops[share], args[share], CTA_FILL), policy[share]
 
     def update(self, policies: Tensor, p_true: Tensor) -> None:
         """Update the rates from the probes' policies and true-class probabilities, in probe order.
