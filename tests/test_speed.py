@@ -44,7 +44,9 @@ def test_defaults_are_the_exact_path_and_the_committed_params_match_them(params)
     ("channels_last", "yes", "invalid params: speed.channels_last = 'yes' (allowed: true, false)"),
     ("weak_no_grad", 1, "invalid params: speed.weak_no_grad = 1 (allowed: true, false)"),
     ("autocast_fp16", True, "invalid params: speed.autocast_fp16 = True (not a speed option; allowed: "
-                            "channels_last, autocast_bf16, compile, compile_mode, optimizer_impl, weak_no_grad)"),
+                            "channels_last, autocast_bf16, compile, compile_mode, compile_augment, optimizer_impl, "
+                            "weak_no_grad)"),
+    ("compile_augment", "on", "invalid params: speed.compile_augment = 'on' (allowed: true, false)"),
 ])
 def test_bad_speed_params_are_refused_naming_key_value_and_allowed(params, key, value, message):
     changed = copy.deepcopy(params)
@@ -52,6 +54,14 @@ def test_bad_speed_params_are_refused_naming_key_value_and_allowed(params, key, 
     with pytest.raises(ParamsError) as error:
         validate_params(changed)
     assert str(error.value) == message
+
+
+def test_compiled_augmentation_needs_the_batched_ops(params):
+    changed = copy.deepcopy(params)
+    changed["speed"]["compile_augment"] = True
+    changed["augment"]["impl"] = "reference"
+    with pytest.raises(ParamsError, match=r"speed.compile_augment = True \(needs augment.impl = batched"):
+        validate_params(changed)
 
 
 def test_speed_options_refuse_bad_values_directly():

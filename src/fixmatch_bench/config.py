@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from .speed import COMPILE, COMPILE_MODES, OPTIMIZER_IMPLS, SpeedOptions
+from .speed import COMPILE, COMPILE_MODES, FLAGS, OPTIMIZER_IMPLS, SpeedOptions
 
 STRONG_AUGMENTATIONS = ("none", "randaugment", "ctaugment")
 AUGMENT_IMPLS = ("batched", "reference")
@@ -82,12 +82,14 @@ def _validate_speed(params: dict) -> None:
         _fail("speed", speed, "a mapping of speed options")
     for key in sorted(set(speed) - set(SpeedOptions.__dataclass_fields__)):
         _fail(f"speed.{key}", speed[key], f"not a speed option; allowed: {', '.join(SpeedOptions.__dataclass_fields__)}")
-    for key in ("channels_last", "autocast_bf16", "weak_no_grad"):
+    for key in FLAGS:
         if not isinstance(speed.get(key), bool):
             _fail(f"speed.{key}", speed.get(key), "allowed: true, false")
     _choice(speed.get("compile"), "speed.compile", COMPILE)
     _choice(speed.get("compile_mode"), "speed.compile_mode", COMPILE_MODES)
     _choice(speed.get("optimizer_impl"), "speed.optimizer_impl", OPTIMIZER_IMPLS)
+    if speed["compile_augment"] and params["augment"]["impl"] != "batched":
+        _fail("speed.compile_augment", True, "needs augment.impl = batched (the reference ops are per-image PIL)")
 
 
 def parse_cell(cell: str, datasets: dict[str, Any], key: str = "cells") -> tuple[str, int]:

@@ -274,6 +274,8 @@ def train(params: dict, run: Run, data_dir: Path, split_path: Path, out_dir: Pat
     options = {"ra_translate_scale": facts["ra_translate_scale"]} if method["strong"] == "randaugment" else {}
     augmenter = make_augmenter(strong=method["strong"], impl=params["augment"]["impl"], flip=facts["flip"],
                                translate=facts["translate"], cutout=cutout, **options)
+    if speed.compile_augment:
+        augmenter.compile()
     alignment = (DistributionAlignment(facts["num_classes"], data.class_distribution)
                  if method["distribution_alignment"] else None)
     sample_generator = torch.Generator(device=device).manual_seed(seed)

@@ -18,7 +18,8 @@ official code are documented in :mod:`.randaugment` and :mod:`.ctaugment`.
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+from typing import Any, Callable
 
 import torch
 from torch import Tensor
@@ -42,6 +43,23 @@ class Augmenter:
         self.flip = flip
         self.translate = translate
         self.cutout = cutout
+        backend = tensor_ops if impl == "batched" else pil_ops
+        self._apply_steps: Callable[..., Tensor] = backend.apply_steps
+        self._flip_shift: Callable[..., Tensor] = backend.flip_shift
+
+    def compile(self) -> Augmenter:
+        """Apply the ops through ``torch.compile`` in their dense form (``speed.compile_augment``).
+
+        Every op is computed for the whole batch and selected per sample, in one
+        graph (``fullgraph``: a graph break is an error, not a silent slowdown)
+        with no host synchronisation. The draws stay eager. No CUDA graphs: the
+        caller keeps views (the labeled one, for CTAugment's probes) across calls.
+        """
+        if self.impl != "batched":
+            raise ValueError(f"compile() needs impl='batched', this augmenter is impl={self.impl!r}")
+        self._apply_steps = torch.compile(functools.partial(tensor_ops.apply_steps, dense=True), fullgraph=True)
+        self._flip_shift = torch.compile(tensor_ops.flip_shift, fullgraph=True)
+        return self
 
     # ------------------------------------------------------------ plumbing
 
@@ -58,13 +76,11 @@ class Augmenter:
         check_translate(self.translate, images.shape[2], images.shape[3])
 
     def _apply(self, images: Tensor, ops: Tensor, args: Tensor, fill: Fill) -> Tensor:
-        backend = tensor_ops if self.impl == "batched" else pil_ops
-        return backend.apply_steps(images, ops, args, fill)
+        return self._apply_steps(images, ops, args, fill)
 
     def _weak(self, images: Tensor, generator: torch.Generator, share: slice) -> Tensor:
         params = sample_weak(images.shape[0], self.flip, self.translate, generator)
-        backend = tensor_ops if self.impl == "batched" else pil_ops
-        return backend.flip_shift(images[share], params.flip[share], params.shift_y[share], params.shift_x[share])
+        return self._flip_shift(images[share], params.flip[share], params.shift_y[share], params.shift_x[share])
 
     def _strong_steps(self, n: int, height: int, width: int, generator: torch.Generator) -> tuple[Tensor, Tensor, Fill]:
         """The strong policy (after the weak view) as primitive steps, and its fill."""

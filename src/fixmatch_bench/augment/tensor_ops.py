@@ -406,7 +406,7 @@ def apply_step(images: Tensor, ops: Tensor, args: Tensor, fill: Fill, dense: boo
     if images.is_cuda if dense is None else dense:
         out = images
         for op, function in _OPS.items():
-            out = torch.where((ops == op).view(-1, 1, 1, 1), function(images, args, fill), out)
+            out = torch.where((ops == int(op)).view(-1, 1, 1, 1), function(images, args, fill), out)
         return out
     present = torch.unique(ops).tolist()
     if len(present) == 1:  # e.g. the final cutout step: no bucketing copies
