@@ -26,8 +26,8 @@ on CUDA it is PyTorch's own default). The others trade exactness for speed:
   form, every op computed for the whole batch and selected per sample: one
   graph with no host synchronisation. Eager, that form dispatches thousands of
   small ops per view (counted with torch.profiler on CPU: 7,338 aten calls,
-  nested ones included, for one RandAugment strong view),
-  which on a GPU is launch-bound. The random draws stay eager (explicit
+  nested ones included, for one RandAugment strong view), which on a GPU is
+  expected to be bound by kernel launches (not measured here). The random draws stay eager (explicit
   generators). Bit-identical to the eager ops (checked on CPU); meant for CUDA:
   on CPU the eager bucketed path is much faster (measured on 448 CIFAR-sized
   images: 10.5 ms eager vs 352 ms compiled-dense for RandAugment).
@@ -96,6 +96,11 @@ class SpeedOptions:
         return {name: value for name, value in asdict(self).items() if name in CHANGES_RESULTS}
 
     @property
+    def compiles(self) -> bool:
+        """Whether anything goes through ``torch.compile``."""
+        return self.compile != "none" or self.compile_augment
+
+    @property
     def lr_as_tensor(self) -> bool:
         """Whether the optimizer's learning rate lives in a device tensor (a compiled SGD step reads it)."""
         return self.compile == "step"
@@ -143,8 +148,14 @@ def fast_forward(model: nn.Module, options: SpeedOptions, training: bool = False
     """
     forward = FastForward(model, options.channels_last, options.autocast_bf16)
     if options.compile == "model" or (options.compile == "step" and not training):
-        return torch.compile(forward, mode=options.compile_mode)
+        return static_compile(forward, options.compile_mode)
     return forward
+
+
+def static_compile(function: Callable, mode: str = "default", fullgraph: bool = False) -> Callable:
+    """``torch.compile`` with static shapes: one graph per input shape, so the graphs a run uses do
+    not depend on the order it met the shapes in (a resumed run computes like an uninterrupted one)."""
+    return torch.compile(function, mode=mode, dynamic=False, fullgraph=fullgraph)
 
 
 @dataclass(frozen=True)
@@ -166,5 +177,5 @@ class StepFunctions:
               options: SpeedOptions) -> StepFunctions:
         if options.compile != "step":
             return cls(loss, optimizer.step, ema_update)
-        compiled = lambda function: torch.compile(function, mode=options.compile_mode)  # noqa: E731
-        return cls(compiled(loss), compiled(optimizer.step), compiled(ema_update))
+        mode = options.compile_mode
+        return cls(static_compile(loss, mode), static_compile(optimizer.step, mode), static_compile(ema_update, mode))

@@ -262,6 +262,8 @@ def train(params: dict, run: Run, data_dir: Path, split_path: Path, out_dir: Pat
     random.seed(seed)
     np.random.seed(seed)
     speed = SpeedOptions.from_params(params.get("speed"))
+    if speed.compiles:
+        torch.compiler.reset()  # compile afresh: the same graphs whether this process trained other runs or not
     model = WideResNet(num_classes=facts["num_classes"], in_channels=facts["channels"], **facts["network"]).to(device)
     prepare_model(model, speed)
     ema = ModelEMA(model, hp["ema"])

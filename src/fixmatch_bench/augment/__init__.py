@@ -52,13 +52,14 @@ class Augmenter:
 
         Every op is computed for the whole batch and selected per sample, in one
         graph (``fullgraph``: a graph break is an error, not a silent slowdown)
-        with no host synchronisation. The draws stay eager. No CUDA graphs: the
+        with no host synchronisation, one graph per batch shape. The draws stay eager. No CUDA graphs: the
         caller keeps views (the labeled one, for CTAugment's probes) across calls.
         """
         if self.impl != "batched":
             raise ValueError(f"compile() needs impl='batched', this augmenter is impl={self.impl!r}")
-        self._apply_steps = torch.compile(functools.partial(tensor_ops.apply_steps, dense=True), fullgraph=True)
-        self._flip_shift = torch.compile(tensor_ops.flip_shift, fullgraph=True)
+        self._apply_steps = torch.compile(functools.partial(tensor_ops.apply_steps, dense=True), dynamic=False,
+                                          fullgraph=True)
+        self._flip_shift = torch.compile(tensor_ops.flip_shift, dynamic=False, fullgraph=True)
         return self
 
     # ------------------------------------------------------------ plumbing
