@@ -255,3 +255,11 @@ def test_compiled_step_training_follows_the_reference_trajectory(workspace, refe
     assert len(error_compiled) == len(error)
     assert abs(compiled_metrics["error_last"] - metrics["error_last"]) < 5.0
     assert compiled_metrics["speed"]["compile"] == "step"
+
+
+def test_compiled_augmentation_gives_the_same_run_bit_for_bit(workspace, reference_run):
+    """``compile_augment`` changes how the views are computed, not a pixel of them: same curves, same errors."""
+    metrics, loss, error = reference_run
+    compiled_metrics, loss_compiled, error_compiled = _run(workspace, "compiled_augment", compile_augment=True)
+    assert loss_compiled == loss and error_compiled == error
+    assert compiled_metrics["error"] == metrics["error"]
