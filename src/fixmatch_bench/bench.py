@@ -10,7 +10,8 @@
     ``compile_augment``).
     The first configuration also measures (b) under each rung of
     :data:`GPU_LADDER` (each speed option added in turn; the
-    algorithm-changing ``weak_no_grad`` reported on its own row).
+    algorithm-changing ``weak_no_grad`` reported on its own row); its (b)
+    figure is the ladder's rung with the suite's options.
 
 Both run the same step: augmentation, one forward/backward of the
 labeled + weak + strong batch, the cosine learning rate, SGD, EMA update (and
@@ -360,16 +361,18 @@ def run_benchmark(device: torch.device | None = None, reduced: bool | None = Non
             continue
         data = RandomData.make(config)
         row: dict[str, Any] = {"config": config.name, "settings": asdict(config)}
-        row["suite"] = _attempt(f"{config.name}: (b) suite",
-                                lambda: measure_suite(config, data, device, speed))
-        if config.peers:
-            row["peers"] = _attempt(f"{config.name}: (a) peers", lambda: measure_peers(config, data, device, workers))
-            if "steps_per_s" in row["suite"] and "steps_per_s" in row["peers"]:
-                row["ratio"] = row["suite"]["steps_per_s"] / row["peers"]["steps_per_s"]
         if config.ladder:
             row["ladder"] = [dict(label=label, **_attempt(f"{config.name}: (b) {label}", lambda options=options:
                                                           measure_suite(config, data, device, options)))
                              for label, options in ladder]
+        # (b) is the ladder's rung with the suite's options when there is one (measured once).
+        rung = next((dict(rung) for rung, (_, options) in zip(row.get("ladder", []), ladder) if options == speed), None)
+        row["suite"] = rung or _attempt(f"{config.name}: (b) suite", lambda: measure_suite(config, data, device, speed))
+        row["suite"].pop("label", None)
+        if config.peers:
+            row["peers"] = _attempt(f"{config.name}: (a) peers", lambda: measure_peers(config, data, device, workers))
+            if "steps_per_s" in row["suite"] and "steps_per_s" in row["peers"]:
+                row["ratio"] = row["suite"]["steps_per_s"] / row["peers"]["steps_per_s"]
         results.append(row)
     return {"device": device_name(device), "device_type": device.type, "reduced": reduced,
             "torch": torch.__version__, "cpu_cores": os.cpu_count(), "load_average_1min": load_average,

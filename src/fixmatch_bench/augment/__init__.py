@@ -9,10 +9,10 @@ either backend applies:
 - ``impl="reference"``: :mod:`.pil_ops`, per-image PIL, CPU only.
 
 Both draw identically, so with the same generator state they produce the
-same augmentation. Every call draws for the whole batch it is given and can
-augment only a ``share`` of it (a DDP rank's slice of the global batch): the
-draws, and so the images, do not depend on the number of ranks; on CPU the two are bit-identical op by op
-(``tests/test_augment_equivalence.py``). Fills, quirks and deviations from the
+same augmentation; on CPU the two are bit-identical op by op
+(``tests/test_augment_equivalence.py``). Every call draws for the whole batch
+it is given and can augment only a ``share`` of it (a DDP rank's slice of the
+global batch), so the images do not depend on the number of ranks. Fills, quirks and deviations from the
 official code are documented in :mod:`.randaugment` and :mod:`.ctaugment`.
 """
 
@@ -51,9 +51,10 @@ class Augmenter:
         """Apply the ops through ``torch.compile`` in their dense form (``speed.compile_augment``).
 
         Every op is computed for the whole batch and selected per sample, in one
-        graph (``fullgraph``: a graph break is an error, not a silent slowdown)
-        with no host synchronisation, one graph per batch shape. The draws stay eager. No CUDA graphs: the
-        caller keeps views (the labeled one, for CTAugment's probes) across calls.
+        graph per batch shape (``fullgraph``: a graph break is an error, not a
+        silent slowdown) with no host synchronisation. The draws stay eager. No
+        CUDA graphs: the caller keeps views (the labeled one, for CTAugment's
+        probes) across calls.
         """
         if self.impl != "batched":
             raise ValueError(f"compile() needs impl='batched', this augmenter is impl={self.impl!r}")
