@@ -102,3 +102,16 @@ def test_only_that_matches_no_configuration_is_refused(tmp_path, capsys):
         main(["--only", "no such config", "--out", str(tmp_path)])
     assert exit_info.value.code == 2 and "matches no configuration" in capsys.readouterr().err
     assert not (tmp_path / "throughput.json").exists()
+
+
+def test_the_reduced_benchmark_runs_end_to_end_from_the_command_line(tmp_path):
+    """What CI exercises of ``python -m fixmatch_bench.bench``: both pipelines, the ratio, the CPU ladder."""
+    main(["--reduced", "--device", "cpu", "--out", str(tmp_path)])
+    report = json.loads((tmp_path / "throughput.json").read_text())
+    assert report["gpu_figures"] == "not measured" and report["reduced"]
+    (row,) = report["results"]
+    assert row["suite"]["steps_per_s"] > 0 and row["peers"]["steps_per_s"] > 0
+    assert row["ratio"] == pytest.approx(row["suite"]["steps_per_s"] / row["peers"]["steps_per_s"])
+    assert [rung["label"] for rung in row["ladder"]] == ["fp32 eager", "+ channels_last"]
+    assert row["suite"]["steps_per_s"] == row["ladder"][0]["steps_per_s"]
+    assert "| speed options | steps/s |" in (tmp_path / "throughput.md").read_text()
