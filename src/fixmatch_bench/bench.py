@@ -361,14 +361,15 @@ def run_benchmark(device: torch.device | None = None, reduced: bool | None = Non
             continue
         data = RandomData.make(config)
         row: dict[str, Any] = {"config": config.name, "settings": asdict(config)}
+        suite = None  # (b) is the ladder's rung with the suite's options when there is one (measured once)
         if config.ladder:
-            row["ladder"] = [dict(label=label, **_attempt(f"{config.name}: (b) {label}", lambda options=options:
-                                                          measure_suite(config, data, device, options)))
-                             for label, options in ladder]
-        # (b) is the ladder's rung with the suite's options when there is one (measured once).
-        rung = next((dict(rung) for rung, (_, options) in zip(row.get("ladder", []), ladder) if options == speed), None)
-        row["suite"] = rung or _attempt(f"{config.name}: (b) suite", lambda: measure_suite(config, data, device, speed))
-        row["suite"].pop("label", None)
+            row["ladder"] = []
+            for label, options in ladder:
+                measured = _attempt(f"{config.name}: (b) {label}", lambda: measure_suite(config, data, device, options))
+                row["ladder"].append(dict(label=label, **measured))
+                if options == speed:
+                    suite = measured
+        row["suite"] = suite or _attempt(f"{config.name}: (b) suite", lambda: measure_suite(config, data, device, speed))
         if config.peers:
             row["peers"] = _attempt(f"{config.name}: (a) peers", lambda: measure_peers(config, data, device, workers))
             if "steps_per_s" in row["suite"] and "steps_per_s" in row["peers"]:

@@ -24,6 +24,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
+from ..speed import static_compile
 from . import pil_ops, randaugment, tensor_ops
 from .ctaugment import CTA_FILL, CTAugment, cutout_side
 from .primitives import Fill, cutout_step
@@ -58,9 +59,8 @@ class Augmenter:
         """
         if self.impl != "batched":
             raise ValueError(f"compile() needs impl='batched', this augmenter is impl={self.impl!r}")
-        self._apply_steps = torch.compile(functools.partial(tensor_ops.apply_steps, dense=True), dynamic=False,
-                                          fullgraph=True)
-        self._flip_shift = torch.compile(tensor_ops.flip_shift, dynamic=False, fullgraph=True)
+        self._apply_steps = static_compile(functools.partial(tensor_ops.apply_steps, dense=True), fullgraph=True)
+        self._flip_shift = static_compile(tensor_ops.flip_shift, fullgraph=True)
         return self
 
     # ------------------------------------------------------------ plumbing
