@@ -13,12 +13,10 @@ from fixmatch_bench.report.check import (
     baseline_references,
     check_against_reference,
     compare_revisions,
-    load_summary,
-    main,
+    load_baseline,
     paper_references,
     report,
     summaries_from_metrics_diff,
-    write_baseline,
 )
 from fixmatch_bench.report.published import load_published
 
@@ -87,31 +85,34 @@ def test_tolerance_rejects_negative_values():
         Tolerance(k=2.0, floor=-1)
 
 
-def test_quick_baseline_roundtrip(tmp_path):
-    summary = {"digits_20-fixmatch_ra": 2.5, "digits_20-supervised": 30.0,
-               "folds_missing": {"digits_20-fixmatch_ra": 0, "digits_20-supervised": 0},
-               "mask_rate": {"digits_20-fixmatch_ra": 0.9}}
-    path = write_baseline(summary, tmp_path / "baseline" / "quick.json")
-    assert load_summary(path) == summary
-    refs = baseline_references(load_summary(path))
-    assert refs == {"digits_20-fixmatch_ra": Reference(2.5, None, "baseline"),
-                    "digits_20-supervised": Reference(30.0, None, "baseline")}
-    cells = [cell("digits", 20, "fixmatch_ra", {1: 3.0, 2: 3.4}, (1, 2)),   # +0.7 within 0.75
-             cell("digits", 20, "supervised", {1: 29.0, 2: 30.4}, (1, 2))]  # -0.3
-    assert statuses(check_against_reference(cells, refs, Tolerance(k=0.0, floor=0.75))) == {
-        "digits_20-fixmatch_ra": "pass", "digits_20-supervised": "pass"}
-    assert statuses(check_against_reference(cells, refs, Tolerance(k=0.0, floor=0.5)))["digits_20-fixmatch_ra"] == "fail"
+def baseline_file(tmp_path, cells):
+    path = tmp_path / "quick.json"
+    path.write_text(json.dumps({"suite": "quick", "rule": "test", "cells": cells}))
+    return path
 
 
-def test_baseline_refuses_an_incomplete_summary(tmp_path):
-    with pytest.raises(ValueError, match=r"folds missing: \{'digits_20-fixmatch_ra': 1\}"):
-        write_baseline({"digits_20-fixmatch_ra": 2.5, "folds_missing": {"digits_20-fixmatch_ra": 1}}, tmp_path / "b.json")
-    with pytest.raises(ValueError, match=r"cells without an error: \['digits_20-supervised'\]"):
-        write_baseline({"digits_20-fixmatch_ra": 2.5, "folds_missing": {"digits_20-fixmatch_ra": 0,
-                                                                        "digits_20-supervised": 0}}, tmp_path / "b.json")
-    with pytest.raises(ValueError, match="key 'x' holds 'y'"):
-        write_baseline({"x": "y"}, tmp_path / "b.json")
-    assert not (tmp_path / "b.json").exists()
+def test_quick_baseline_tolerance_is_its_own_never_below_the_floor(tmp_path):
+    path = baseline_file(tmp_path, {
+        "digits_20-fixmatch_ra": {"mean": 8.0, "tolerance": 3.0, "sigma_mean": 1.0, "folds": 2},
+        "digits_20-supervised": {"mean": 30.0, "tolerance": 0.6, "sigma_mean": 0.2, "folds": 2}})
+    refs = baseline_references(load_baseline(path))
+    assert refs == {"digits_20-fixmatch_ra": Reference(8.0, 1.0, "baseline", 3.0),
+                    "digits_20-supervised": Reference(30.0, 0.2, "baseline", 0.6)}
+    floor = Tolerance(k=2.0, floor=1.0)
+    cells = [cell("digits", 20, "fixmatch_ra", {1: 10.0, 2: 11.8}, (1, 2)),  # +2.9 within 3.0 (not 2 x 1.0)
+             cell("digits", 20, "supervised", {1: 29.0, 2: 30.8}, (1, 2))]   # -0.1, the floor 1.0 applies
+    results = check_against_reference(cells, refs, floor)
+    assert statuses(results) == {"digits_20-fixmatch_ra": "pass", "digits_20-supervised": "pass"}
+    assert [r.tolerance for r in results] == [3.0, 1.0]
+    cells[0] = cell("digits", 20, "fixmatch_ra", {1: 4.8, 2: 5.0}, (1, 2))  # -3.1: two-sided
+    assert statuses(check_against_reference(cells, refs, floor))["digits_20-fixmatch_ra"] == "fail"
+
+
+def test_a_baseline_without_tolerances_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="not a baseline"):
+        load_baseline(baseline_file(tmp_path, {}))
+    with pytest.raises(ValueError, match="cell 'digits_20-supervised' field 'tolerance' = None"):
+        load_baseline(baseline_file(tmp_path, {"digits_20-supervised": {"mean": 30.0}}))
 
 
 def test_compare_revisions():
@@ -190,7 +191,3 @@ def test_against_an_unknown_rev_is_an_error(repo):
     code, _, err = run_cli(repo, "--against-rev", "no-such-rev", "--tolerance", "0.5")
     assert code == 2 and "dvc metrics diff no-such-rev` failed" in err
 
-
-def test_write_baseline_cli(repo):
-    assert main(["--repo", str(repo), "--write-baseline", "reports/baseline/quick.json"]) == 0
-    assert load_summary(repo / "reports" / "baseline" / "quick.json")["digits_20-supervised"] == 30.0

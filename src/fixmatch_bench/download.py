@@ -39,6 +39,8 @@ from typing import Any
 import yaml
 from tqdm import tqdm
 
+from .progress import LogProgress, progress
+
 MIRROR_ENV = "FIXMATCH_MIRROR"
 MIRROR_HINT = (
     f"set sources.mirror in params.yaml or the {MIRROR_ENV} environment variable to a base URL or a local directory holding the files"
@@ -224,8 +226,8 @@ def _package_file(url: str) -> Path:
     return Path(str(location))
 
 
-def _progress(name: str, total: int | None, initial: int) -> tqdm:
-    return tqdm(total=total, initial=initial, desc=name, unit="B", unit_scale=True, unit_divisor=1024, mininterval=1.0, leave=True)
+def _progress(name: str, total: int | None, initial: int) -> tqdm | LogProgress:
+    return progress(total, name, unit="B", initial=initial, unit_scale=True)
 
 
 def _copy_local(source: Path, part: Path) -> None:

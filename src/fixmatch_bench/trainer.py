@@ -22,7 +22,6 @@ from typing import Iterator
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from .augment import make_augmenter
 from .checkpoint import load_for_resume, save_checkpoint
@@ -35,6 +34,7 @@ from .evaluation import accuracy, reported_error, to_model_input
 from .fixmatch import Batch, fixmatch_loss
 from .optim import cosine_lr, make_optimizer, set_lr
 from .prepared import load_prepared
+from .progress import progress as progress_bar
 from .sampling import IndexStream
 from .speed import SpeedOptions, StepFunctions, fast_forward, prepare_model
 from .splits import read_split
@@ -329,8 +329,7 @@ def train(params: dict, run: Run, data_dir: Path, split_path: Path, out_dir: Pat
     steps = hp["steps"]
     model.train()
     started = time.perf_counter()
-    bar = tqdm(total=steps, initial=start_step, desc=run.key, unit="step", disable=not (progress and world.is_main),
-               dynamic_ncols=True)
+    bar = progress_bar(steps, run.key, unit="step", initial=start_step, disable=not (progress and world.is_main))
     for step in range(start_step + 1, steps + 1):
         lr = cosine_lr(hp["lr"], step - 1, steps)
         set_lr(optimizer, lr, as_tensor=speed.lr_as_tensor)

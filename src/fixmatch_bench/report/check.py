@@ -2,8 +2,10 @@
 
 - Paper suites: the reference is the published mean and the tolerance
   ``max(k × published std, floor)`` (the floor alone when the paper gives no std).
-- Quick suite: the reference is a baseline file the pipeline wrote itself
-  (:func:`write_baseline`, never edited by hand), with the floor as tolerance.
+- Quick suite: the reference is the baseline that ``make baseline`` wrote
+  (:mod:`fixmatch_bench.spread`, never edited by hand): each cell's mean with a
+  tolerance derived from the measured spread of the suite under changes of the
+  floating-point path, never below the floor.
 - A cell with fewer finished folds than expected is ``incomplete``, never ``pass``.
 
 The reference check is two-sided: the suite checks reproduction, and an error far
@@ -14,7 +16,6 @@ when the error rose by more than the tolerance.
 CLI::
 
     python -m fixmatch_bench.report.check --against-rev REV --tolerance T [--summary reports/summary.json]
-    python -m fixmatch_bench.report.check --write-baseline reports/baseline/quick.json [--summary reports/summary.json]
 """
 
 from __future__ import annotations
@@ -39,16 +40,21 @@ FOLDS_MISSING = "folds_missing"
 
 @dataclass(frozen=True)
 class Reference:
-    """Expected error (%) of a cell × method; ``std`` is ``None`` when the source gives none."""
+    """Expected error (%) of a cell × method; ``std`` is ``None`` when the source gives none.
+
+    ``tolerance`` is set when the source derives its own (the quick suite's baseline).
+    """
 
     mean: float
     std: float | None
     source: str
+    tolerance: float | None = None
 
 
 @dataclass(frozen=True)
 class Tolerance:
-    """Allowed |measured − reference| = max(k × reference std, floor); the floor when there is no std."""
+    """Allowed |measured − reference| = max(k × reference std, floor); the floor when there is no std,
+    max(the reference's own tolerance, floor) when it has one."""
 
     k: float
     floor: float
@@ -60,6 +66,8 @@ class Tolerance:
                 raise ValueError(f"tolerance {name} = {value!r} is invalid; expected a finite number >= 0")
 
     def for_reference(self, reference: Reference) -> float:
+        if reference.tolerance is not None:
+            return max(reference.tolerance, self.floor)
         return self.floor if reference.std is None else max(self.k * reference.std, self.floor)
 
 
@@ -96,8 +104,24 @@ def paper_references(published: Published) -> dict[str, Reference]:
 
 
 def baseline_references(baseline: Mapping[str, Any]) -> dict[str, Reference]:
-    """A baseline summary's errors as references without std (the tolerance is the floor)."""
-    return {key: Reference(float(value), None, "baseline") for key, value in error_means(baseline).items()}
+    """A baseline's cells (:mod:`fixmatch_bench.spread`) as references with their derived tolerances."""
+    return {key: Reference(cell["mean"], cell["sigma_mean"], "baseline", cell["tolerance"])
+            for key, cell in baseline["cells"].items()}
+
+
+def load_baseline(path: str | Path) -> dict[str, Any]:
+    """Read a baseline written by ``make baseline``, checking that every cell has a mean and a tolerance."""
+    with open(path, encoding="utf-8") as handle:
+        baseline = json.load(handle)
+    cells = baseline.get("cells") if isinstance(baseline, dict) else None
+    if not isinstance(cells, dict) or not cells:
+        raise ValueError(f"{path}: not a baseline (no cells); write it with `make baseline`")
+    for key, cell in cells.items():
+        for field in ("mean", "tolerance"):
+            value = cell.get(field) if isinstance(cell, dict) else None
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+                raise ValueError(f"{path}: cell {key!r} field {field!r} = {value!r}; expected a finite number")
+    return baseline
 
 
 def check_against_reference(cells: Sequence[CellResult], reference: Mapping[str, Reference],
@@ -161,38 +185,6 @@ def error_means(summary: Mapping[str, Any]) -> dict[str, float]:
     """The summary's top-level numbers: mean error (%) per ``<cell>-<method>``."""
     return {key: float(value) for key, value in summary.items()
             if isinstance(value, (int, float)) and not isinstance(value, bool)}
-
-
-def validate_summary(summary: Any, where: str) -> dict[str, Any]:
-    """Check the summary shape: top-level numbers plus groups of numbers (``folds_missing``, ...)."""
-    if not isinstance(summary, dict):
-        raise ValueError(f"{where}: expected a JSON object, got {type(summary).__name__}")
-    for key, value in summary.items():
-        values = value.values() if isinstance(value, dict) else [value]
-        for item in values:
-            if not isinstance(item, (int, float)) or isinstance(item, bool) or not math.isfinite(item):
-                raise ValueError(f"{where}: key {key!r} holds {value!r}; expected a number or a mapping of numbers")
-    return summary
-
-
-def load_summary(path: str | Path) -> dict[str, Any]:
-    """Read and validate a summary (or baseline) JSON file."""
-    with open(path, encoding="utf-8") as handle:
-        return validate_summary(json.load(handle), str(path))
-
-
-def write_baseline(summary: Mapping[str, Any], path: str | Path) -> Path:
-    """Write the quick-suite baseline from a complete summary; refuses an incomplete one."""
-    validate_summary(dict(summary), "summary")
-    missing = {key: n for key, n in (summary.get(FOLDS_MISSING) or {}).items() if n}
-    no_error = [key for key in summary.get(FOLDS_MISSING) or {} if key not in summary]
-    if missing or no_error or not error_means(summary):
-        raise ValueError(f"summary: a baseline needs every cell complete; folds missing: {missing or 'none'}, "
-                         f"cells without an error: {no_error or 'none'}")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    return path
 
 
 def compare_revisions(old_summary: Mapping[str, Any], new_summary: Mapping[str, Any],
@@ -259,20 +251,13 @@ def summaries_at_revision(rev: str, target: str, repo: str | Path = ".") -> tupl
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Regression checks of the summary metrics.")
-    action = parser.add_mutually_exclusive_group(required=True)
-    action.add_argument("--against-rev", metavar="REV", help="fail if an error rose by more than --tolerance since REV")
-    action.add_argument("--write-baseline", metavar="PATH", help="write the quick-suite baseline from --summary")
+    parser.add_argument("--against-rev", metavar="REV", required=True,
+                        help="fail if an error rose by more than --tolerance since REV")
     parser.add_argument("--summary", default=SUMMARY_FILE, help=f"summary metrics file (default: {SUMMARY_FILE})")
-    parser.add_argument("--tolerance", type=float, help="allowed rise of an error, in points (--against-rev)")
+    parser.add_argument("--tolerance", type=float, required=True, help="allowed rise of an error, in points")
     parser.add_argument("--repo", default=".", help="DVC repository root (default: .)")
     args = parser.parse_args(argv)
     try:
-        if args.write_baseline:
-            path = write_baseline(load_summary(Path(args.repo) / args.summary), Path(args.repo) / args.write_baseline)
-            print(f"wrote {path}")
-            return 0
-        if args.tolerance is None:
-            parser.error("--against-rev needs --tolerance")
         old, new = summaries_at_revision(args.against_rev, args.summary, args.repo)
         text, code = report(compare_revisions(old, new, args.tolerance))
     except (OSError, ValueError, RuntimeError) as exc:

@@ -1,0 +1,92 @@
+"""The quick suite's regression check on both sides, with the committed baseline and its measured spread:
+results that moved within the spread pass, and a real regression, trained here, fails."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from conftest import REPO, digits_workspace
+from fixmatch_bench.config import Run, expected_runs
+from fixmatch_bench.report.cells import CellResult
+from fixmatch_bench.report.check import (Tolerance, baseline_references, check_against_reference,
+                                         check_ratio_to_supervised, load_baseline)
+from fixmatch_bench.prepared import load_prepared
+from fixmatch_bench.splits import make_split, write_split
+from fixmatch_bench.trainer import train
+
+BASELINE = REPO / "reports/baseline/quick.json"
+SPREAD = json.loads((REPO / "reports/baseline/quick_spread.json").read_text())
+PARAMS = yaml.safe_load((REPO / "params.yaml").read_text())
+
+
+def variation_cells(variation: str) -> list[CellResult]:
+    """The cells of the suite as one variation of the spread study measured them."""
+    cells: dict[str, dict[int, float]] = {}
+    for record in SPREAD["runs"]:
+        if record["variation"] == variation:
+            cells.setdefault(record["cell"], {})[record["fold"]] = record["error"]
+    result = []
+    for key, errors in cells.items():
+        cell, method = key.split("-")
+        dataset, labels = cell.rsplit("_", 1)
+        result.append(CellResult(dataset, int(labels), method, errors, tuple(PARAMS["folds"]), (5,), None, None))
+    return result
+
+
+def quick_check(cells: list[CellResult]) -> dict[str, str]:
+    check = PARAMS["check"]
+    results = check_against_reference(cells, baseline_references(load_baseline(BASELINE)),
+                                      Tolerance(check["std_factor"], check["floor"]))
+    results += check_ratio_to_supervised(cells, check["max_ratio_to_supervised"])
+    return {result.key: result.status for result in results}
+
+
+def test_the_baseline_is_the_spread_study_of_the_committed_suite():
+    baseline = load_baseline(BASELINE)
+    assert baseline["suite"] == PARAMS["suite_name"]
+    ran = {(record["cell"], record["fold"]) for record in SPREAD["runs"]}
+    assert ran == {(run.name, run.fold) for run in expected_runs(PARAMS)}
+    for key, cell in baseline["cells"].items():
+        assert cell["mean"] == SPREAD["statistics"][key]["mean"]
+        assert cell["tolerance"] == SPREAD["statistics"][key]["tolerance"] >= PARAMS["check"]["floor"]
+
+
+@pytest.mark.parametrize("variation", [v["name"] for v in SPREAD["variations"]])
+def test_results_perturbed_within_the_measured_spread_pass(variation):
+    statuses = quick_check(variation_cells(variation))
+    assert set(statuses.values()) == {"pass"}, statuses
+
+
+@pytest.fixture(scope="module")
+def regressed_results(tmp_path_factory):
+    """The committed results of the suite, with FixMatch (RA) retrained on every fold with its unlabeled
+    batch switched off (train.uratio = 0: no unlabeled loss), the quick suite's settings otherwise."""
+    root, params = digits_workspace(tmp_path_factory.mktemp("regressed"), {"uratio": 0})
+    prepared = load_prepared(root / "prepared/digits")
+    results = root / "results"
+    shutil.copytree(REPO / "results", results, ignore=shutil.ignore_patterns("checkpoint"))
+    for fold in params["folds"]:
+        split = root / f"splits/digits_20-{fold}.json"
+        write_split(make_split(prepared, 20, fold), split)
+        run = Run("digits", 20, "fixmatch_ra", fold)
+        shutil.rmtree(results / run.key)
+        metrics = train(params, run, root / "prepared/digits", split, results / run.key, progress=False)
+        (results / run.key / "metrics.json").write_text(json.dumps(metrics))
+    return root, results
+
+
+def test_the_check_stage_fails_when_fixmatch_loses_its_unlabeled_loss(regressed_results):
+    root, results = regressed_results
+    done = subprocess.run([sys.executable, "pipeline/check.py", "--params", str(root / "params.yaml"),
+                           "--results", str(results), "--out", str(root / "check.txt")],
+                          cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 1, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    failed = [line.split()[1].rstrip(":") for line in lines if line.startswith("FAIL")]
+    assert failed == ["digits_20-fixmatch_ra", "digits_20-fixmatch_ra"]  # the baseline and the 1/3 rule
+    assert "vs supervised" in lines[1]
+    assert lines[-1].startswith("3 pass, 2 fail, 0 incomplete")
