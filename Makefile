@@ -2,7 +2,6 @@
 SHELL := /bin/bash
 export DVC_NO_ANALYTICS := 1
 UV ?= $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
-BASELINE_JOBS ?= 2  # trainings at a time in `make baseline`
 
 .PHONY: quick test install uv params baseline bench paper
 
@@ -21,9 +20,9 @@ uv:  ## bootstrap uv from PyPI if it is missing
 params: install  ## regenerate params.yaml from conf/ (what `dvc exp run` does)
 	$(UV) run python -m fixmatch_bench.compose params.yaml
 
-baseline: install  ## measure the suite's spread (conf/spread.yaml) and write its baseline + tolerances (~40 min on 2 cores)
+baseline: install  ## measure the suite's spread (conf/spread.yaml) and write its baseline + tolerances (~50 min on 2 cores)
 	$(UV) run dvc repro split
-	$(UV) run python -m fixmatch_bench.spread --jobs $(BASELINE_JOBS)
+	$(UV) run python -m fixmatch_bench.spread
 
 bench: install  ## throughput benchmarks (GPU figures when a GPU is present)
 	$(UV) run pytest benchmarks --benchmark-only -q

@@ -28,15 +28,15 @@ from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
 import json
 import math
 import multiprocessing
 import platform
 import sys
 import tempfile
-import time
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -120,22 +120,41 @@ def _train_run(params: dict, run: Run, variation: Variation, prepared: Path, spl
             "threads": torch.get_num_threads(), "wall_time_s": metrics["wall_time_s"]}
 
 
-def measure(params: dict, plan: SpreadPlan, prepared: Path, splits: Path, jobs: int) -> list[dict]:
-    """Every expected run under every variation, ``jobs`` at a time, each in a fresh process."""
+def _task_key(params: dict, run: Run, variation: Variation) -> str:
+    """What a finished record stands for: the run, its params after the overrides, its thread count."""
+    text = json.dumps([params, run.key, variation.threads], sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def measure(params: dict, plan: SpreadPlan, prepared: Path, splits: Path, partial: Path) -> list[dict]:
+    """Every expected run under every variation, one at a time, each in a fresh process (as a DVC stage).
+
+    One run at a time: two runs side by side would share the cores and change
+    nothing but the time (OpenMP threads of two processes on the same cores
+    slow both down severalfold). Each finished run is appended to ``partial``,
+    and a rerun after an interruption skips the runs recorded there.
+    """
     tasks = [(apply_overrides(params, v.overrides), run, v) for v in plan.variations for run in expected_runs(params)]
+    keys = [_task_key(p, run, v) for p, run, v in tasks]
+    done = {}
+    if partial.exists():
+        for line in partial.read_text().splitlines():
+            record = json.loads(line)
+            done[record.pop("key")] = record
     context = multiprocessing.get_context("spawn")
-    records = []
-    with ProcessPoolExecutor(jobs, mp_context=context, max_tasks_per_child=1) as pool, \
-            progress(len(tasks), "spread", unit="run") as bar:
-        futures = {pool.submit(_train_run, p, run, v, prepared, splits): (run, v) for p, run, v in tasks}
-        for future in as_completed(futures):
-            run, variation = futures[future]
-            record = future.result()
-            records.append(record)
+    with progress(len(tasks), "spread", unit="run", initial=sum(key in done for key in keys)) as bar, \
+            partial.open("a") as log:
+        for key, (task_params, run, variation) in zip(keys, tasks):
+            if key in done:
+                continue
+            with ProcessPoolExecutor(1, mp_context=context) as pool:
+                record = pool.submit(_train_run, task_params, run, variation, prepared, splits).result()
+            log.write(json.dumps({"key": key, **record}) + "\n")
+            log.flush()
+            done[key] = record
             bar.set_postfix(last=f"{variation.name}/{run.key} {record['error']:.2f}")
             bar.update(1)
-    order = {(v.name, run.key): i for i, (_, run, v) in enumerate(tasks)}
-    return sorted(records, key=lambda r: order[(r["variation"], f"{r['cell']}-{r['fold']}")])
+    return [done[key] for key in keys]
 
 
 def cell_statistics(records: Sequence[Mapping[str, Any]], factor: float, floor: float) -> dict[str, dict]:
@@ -183,8 +202,7 @@ def machine() -> dict[str, Any]:
             "python": platform.python_version(), "platform": platform.platform()}
 
 
-def write_outputs(suite: str, plan: SpreadPlan, floor: float, records: list[dict], out_dir: Path,
-                  wall_time_s: float) -> dict[str, Path]:
+def write_outputs(suite: str, plan: SpreadPlan, floor: float, records: list[dict], out_dir: Path) -> dict[str, Path]:
     """The baseline, the raw spread, its table and its figure, side by side in ``out_dir``."""
     from .report.spread_figure import spread_figure, spread_markdown
 
@@ -198,7 +216,8 @@ def write_outputs(suite: str, plan: SpreadPlan, floor: float, records: list[dict
                 "cells": {cell: {key: stats[key] for key in ("mean", "tolerance", "sigma_mean", "folds")}
                           for cell, stats in statistics.items()}}
     paths["baseline"].write_text(json.dumps(baseline, indent=2) + "\n")
-    spread = {"suite": suite, "rule": rule, "machine": machine(), "wall_time_s": round(wall_time_s, 1),
+    training_s = sum(record["wall_time_s"] for record in records)
+    spread = {"suite": suite, "rule": rule, "machine": machine(), "training_time_s": round(training_s, 1),
               "variations": [asdict(v) for v in plan.variations], "statistics": statistics, "runs": records}
     paths["spread"].write_text(json.dumps(spread, indent=2) + "\n")
     paths["table"].write_text(spread_markdown(spread))
@@ -211,7 +230,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--plan", type=Path, default=VARIATIONS_FILE, help="variations and factor")
     parser.add_argument("--only", nargs="+", default=(), metavar="VARIATION", help="run only these variations")
-    parser.add_argument("--jobs", type=int, default=1, help="runs at a time (each in its own process)")
     parser.add_argument("--prepared", type=Path, default=Path("data/prepared"))
     parser.add_argument("--splits", type=Path, default=Path("data/splits"))
     parser.add_argument("--out-dir", type=Path, default=BASELINES)
@@ -221,12 +239,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         plan = load_plan(args.plan, args.only)
         for variation in plan.variations:  # every override is checked before any training starts
             apply_overrides(params, variation.overrides)
-        if args.jobs < 1:
-            raise ParamsError(f"invalid option: --jobs = {args.jobs} (must be >= 1)")
-        started = time.perf_counter()
-        records = measure(params, plan, args.prepared, args.splits, args.jobs)
-        paths = write_outputs(params["suite_name"], plan, params["check"]["floor"], records, args.out_dir,
-                              time.perf_counter() - started)
+        args.out_dir.mkdir(parents=True, exist_ok=True)
+        partial = args.out_dir / f"{params['suite_name']}_spread.partial.jsonl"
+        records = measure(params, plan, args.prepared, args.splits, partial)
+        paths = write_outputs(params["suite_name"], plan, params["check"]["floor"], records, args.out_dir)
+        partial.unlink()
     except (ParamsError, FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

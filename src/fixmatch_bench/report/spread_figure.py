@@ -20,7 +20,7 @@ def spread_markdown(spread: Mapping[str, Any]) -> str:
     host = spread["machine"]
     lines = [f"# Spread of the {spread['suite']} suite under changes of the arithmetic", "",
              f"Measured on {host['cpu']} ({host['cores']} cores), torch {host['torch']}, "
-             f"in {spread['wall_time_s'] / 60:.1f} min by `make baseline`.", "",
+             f"by `make baseline`: {len(spread['runs'])} runs, {spread['training_time_s'] / 60:.1f} min of training.", "",
              f"Rule: {spread['rule']}.", "", "Variations:", ""]
     for variation in spread["variations"]:
         threads = "torch's default threads" if variation["threads"] is None else f"{variation['threads']} thread(s)"
