@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from .speed import COMPILE, COMPILE_MODES, FLAGS, OPTIMIZER_IMPLS, SpeedOptions
+from .speed_options import COMPILE, COMPILE_MODES, FLAGS, OPTIMIZER_IMPLS, SpeedOptions
 
 STRONG_AUGMENTATIONS = ("none", "randaugment", "ctaugment")
 AUGMENT_IMPLS = ("batched", "reference")
