@@ -5,10 +5,11 @@ import csv
 
 import pytest
 import torch
+import yaml
 import torch.nn.functional as F
 from torch import nn
 
-from conftest import digits_workspace
+from conftest import REPO, digits_workspace
 from fixmatch_bench.config import ParamsError, Run, validate_params
 from fixmatch_bench.evaluation import accuracy
 from fixmatch_bench.fixmatch import Batch, fixmatch_loss
@@ -16,6 +17,8 @@ from fixmatch_bench.optim import make_optimizer
 from fixmatch_bench.speed import SpeedOptions, fast_forward, prepare_model
 from fixmatch_bench.trainer import train
 from fixmatch_bench.wide_resnet import WideResNet
+
+CONFIG = REPO / "conf/config.yaml"  # the protocol's defaults, before a suite overrides them
 
 SMALL = {"steps": 24, "batch": 8, "uratio": 2, "eval_every": 6, "median_of_last": 2, "eval_batch": 256,
          "log_every": 2, "checkpoint_every": 24, "ema": 0.9}
@@ -30,7 +33,10 @@ def _small_model(channels: int = 1, seed: int = 0) -> WideResNet:
 
 
 def test_defaults_are_the_exact_path_and_the_committed_params_match_them(params):
-    assert SpeedOptions() == SpeedOptions.from_params(params["speed"]) == SpeedOptions.from_params(None)
+    assert SpeedOptions() == SpeedOptions.from_params(yaml.safe_load(CONFIG.read_text())["speed"])
+    assert SpeedOptions() == SpeedOptions.from_params(None)
+    # the quick suite alone turns on NHWC kernels (float rounding only; conf/suite/quick.yaml)
+    assert SpeedOptions.from_params(params["speed"]) == SpeedOptions(channels_last=True)
     assert SpeedOptions().fingerprint() == {"autocast_bf16": False, "weak_no_grad": False}
     assert SpeedOptions().optimizer_kwargs() == {"foreach": True}
     assert SpeedOptions(optimizer_impl="fused").optimizer_kwargs() == {"fused": True}
