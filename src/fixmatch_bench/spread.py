@@ -5,7 +5,7 @@ differently, and a 1,024-step run on 20 labels amplifies a rounding difference
 into points of error on a fold. ``make baseline`` (``python -m
 fixmatch_bench.spread``) measures that spread instead of guessing it: it
 retrains every run of the suite in params.yaml once per variation listed in
-``conf/spread.yaml`` (thread count, memory format, SGD kernel, seed: what
+``conf/spread.yaml`` (thread count, memory format, seed: what
 changes the floating-point path or the random draws, never the algorithm), each
 run in a fresh process as a DVC stage would be, and writes to
 ``reports/baseline/``:
