@@ -184,6 +184,7 @@ def cell_statistics(records: Sequence[Mapping[str, Any]], factor: float, floor: 
             "folds": n_folds,
             "variations": n_variations,
             "variation_means": {name: round(float(value), 4) for name, value in zip(variations, variation_means)},
+            "errors": {fold: folds[fold] for fold in sorted(folds)},
         }
     return statistics
 

@@ -26,14 +26,11 @@ def spread_markdown(spread: Mapping[str, Any]) -> str:
         threads = "torch's default threads" if variation["threads"] is None else f"{variation['threads']} thread(s)"
         overrides = ", ".join(f"`{k}={v}`" for k, v in variation["overrides"].items()) or "no overrides"
         lines.append(f"- `{variation['name']}`: {threads}, {overrides}")
-    errors: dict[str, dict[int, dict[str, float]]] = {}
-    for record in spread["runs"]:
-        errors.setdefault(record["cell"], {}).setdefault(record["fold"], {})[record["variation"]] = record["error"]
     names = [variation["name"] for variation in spread["variations"]]
     for cell, stats in spread["statistics"].items():
         lines += ["", f"## {cell}", "", "| fold | " + " | ".join(names) + " |",
                   "|---|" + "---|" * len(names)]
-        for fold, by_variation in sorted(errors[cell].items()):
+        for fold, by_variation in stats["errors"].items():
             lines.append(f"| {fold} | " + " | ".join(_number(by_variation.get(name)) for name in names) + " |")
         lines.append("| mean | " + " | ".join(_number(stats["variation_means"].get(name)) for name in names) + " |")
         lines += ["", f"Baseline {stats['mean']:.2f} ± {stats['tolerance']:.2f} (tolerance); "
