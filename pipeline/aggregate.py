@@ -8,11 +8,11 @@ import argparse
 import json
 from pathlib import Path
 
-from fixmatch_bench.config import expected_runs, load_params
+from fixmatch_bench.core.config import expected_runs, load_params
 from fixmatch_bench.report import plots, tables
 from fixmatch_bench.report.cells import aggregate_cells, collect_runs, summary
 from fixmatch_bench.report.published import load_published
-from fixmatch_bench.stage import run_stage
+from fixmatch_bench.core.stage import run_stage
 
 
 def main() -> None:

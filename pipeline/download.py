@@ -13,7 +13,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from fixmatch_bench.download import (
+from fixmatch_bench.data.download import (
+    CATALOG_DIR,
     DownloadError,
     SourcesError,
     fetch_dataset,
@@ -23,12 +24,13 @@ from fixmatch_bench.download import (
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset", required=True, help="a key of sources.datasets, e.g. cifar10")
+    parser.add_argument("--dataset", required=True, help="a dataset with a conf/sources/<dataset>.yaml, e.g. cifar10")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file with the sources block")
+    parser.add_argument("--catalog", type=Path, help=f"directory of <dataset>.yaml source files (default: {CATALOG_DIR} beside --params)")
     parser.add_argument("--out", type=Path, required=True, help="directory for the raw files")
     args = parser.parse_args(argv)
     try:
-        paths = fetch_dataset(load_sources(args.params), args.dataset, args.out)
+        paths = fetch_dataset(load_sources(args.params, args.catalog), args.dataset, args.out)
     except (DownloadError, SourcesError) as error:
         print(f"download {args.dataset}: error: {error}", file=sys.stderr)
         return 1

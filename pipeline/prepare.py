@@ -13,22 +13,23 @@ import argparse
 import sys
 from pathlib import Path
 
-from fixmatch_bench import digits
-from fixmatch_bench.config import load_params
-from fixmatch_bench.download import SourcesError, load_sources
-from fixmatch_bench.prepared import save_prepared
-from fixmatch_bench.raw_formats import RawFormatError, read_raw
+from fixmatch_bench.data import digits
+from fixmatch_bench.core.config import load_params
+from fixmatch_bench.data.download import CATALOG_DIR, SourcesError, load_sources
+from fixmatch_bench.data.prepared import save_prepared
+from fixmatch_bench.data.raw_formats import RawFormatError, read_raw
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset", required=True, help="a key of sources.datasets, e.g. cifar10")
+    parser.add_argument("--dataset", required=True, help="a dataset with a conf/sources/<dataset>.yaml, e.g. cifar10")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file with the sources block")
+    parser.add_argument("--catalog", type=Path, help=f"directory of <dataset>.yaml source files (default: {CATALOG_DIR} beside --params)")
     parser.add_argument("--raw", type=Path, required=True, help="directory the download stage filled")
     parser.add_argument("--out", type=Path, required=True, help="prepared dataset directory to write")
     args = parser.parse_args(argv)
     try:
-        names = [remote.name for remote in load_sources(args.params).files(args.dataset)]
+        names = [remote.name for remote in load_sources(args.params, args.catalog).files(args.dataset)]
         missing = [name for name in names if not (args.raw / name).is_file()]
         if missing:
             raise RawFormatError(f"{args.raw} lacks {missing}; run the download stage for {args.dataset} first")

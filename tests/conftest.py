@@ -26,9 +26,10 @@ def git(repo: Path, *args: str) -> None:
     subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True)
 
 
-def repo_on_suite(destination: Path, name: str, suite: str) -> Path:
+def repo_on_suite(destination: Path, name: str, suite: str, files: dict[str, str] | None = None) -> Path:
     """The working tree's files (tracked and untracked, not ignored; no results or data) in a fresh
-    git repo whose default suite is ``conf/suite/<name>.yaml`` = ``suite``, params composed from it."""
+    git repo whose default suite is ``conf/suite/<name>.yaml`` = ``suite``, params composed from it;
+    ``files`` (path: text) replace or add files before the commit."""
     listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, check=True,
                             capture_output=True, text=True).stdout.split("\0")
     for file in filter(None, listed):
@@ -37,6 +38,8 @@ def repo_on_suite(destination: Path, name: str, suite: str) -> Path:
             (destination / file).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, destination / file)
     (destination / f"conf/suite/{name}.yaml").write_text(suite)
+    for path, text in (files or {}).items():
+        (destination / path).write_text(text)
     config = destination / "conf/config.yaml"
     config.write_text(config.read_text().replace("  - suite: quick", f"  - suite: {name}"))
     subprocess.run([sys.executable, "-m", "fixmatch_bench.compose", "params.yaml"], cwd=destination, check=True)
@@ -57,13 +60,13 @@ def wait_for_lines(path: Path, count: int, timeout_s: float = 120.0) -> None:
 def digits_workspace(root: Path, train: dict) -> tuple[Path, dict]:
     """Prepared digits and the fold-1 split of 20 labels, as the pipeline makes them, plus the
     committed params with ``train`` overrides (also written to ``root/params.yaml``)."""
-    from fixmatch_bench.digits import digits_arrays
-    from fixmatch_bench.download import fetch, load_sources
-    from fixmatch_bench.prepared import load_prepared, save_prepared
-    from fixmatch_bench.splits import make_split, write_split
+    from fixmatch_bench.data.digits import digits_arrays
+    from fixmatch_bench.data.download import fetch, load_sources
+    from fixmatch_bench.data.prepared import load_prepared, save_prepared
+    from fixmatch_bench.data.splits import make_split, write_split
 
     params = yaml.safe_load((REPO / "params.yaml").read_text())
-    fetch(load_sources(REPO / "params.yaml").files("digits")[0], root / "raw")
+    fetch(load_sources(REPO / "params.yaml", REPO / "conf/sources").files("digits")[0], root / "raw")
     facts = params["datasets"]["digits"]
     save_prepared(root / "prepared/digits", "digits", 10,
                   digits_arrays(root / "raw", facts["image_size"], facts["test_size"]))
@@ -71,6 +74,19 @@ def digits_workspace(root: Path, train: dict) -> tuple[Path, dict]:
     params["train"].update(train)
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     return root, params
+
+
+@pytest.fixture(autouse=True, scope="session")
+def checkpoints_outside_home(tmp_path_factory):
+    """Training in tests (and the DVC stages they start) checkpoints under a temporary root."""
+    root = tmp_path_factory.mktemp("checkpoints")
+    previous = os.environ.get("FIXMATCH_CHECKPOINTS")
+    os.environ["FIXMATCH_CHECKPOINTS"] = str(root)
+    yield root
+    if previous is None:
+        os.environ.pop("FIXMATCH_CHECKPOINTS")
+    else:
+        os.environ["FIXMATCH_CHECKPOINTS"] = previous
 
 
 @pytest.fixture

@@ -258,7 +258,13 @@ def write_miniature(dataset: str, directory: str | Path, *, base_url: str | None
 
 
 def write_params(path: str | Path, sources: dict[str, Any]) -> Path:
-    """Write a params file holding just ``sources:``; return its path."""
+    """Write a params file holding just ``sources:`` and, beside it, the catalog conf/sources/<dataset>.yaml
+    of ``sources["datasets"]``; return the params file's path."""
     path = Path(path)
-    path.write_text(yaml.safe_dump({"sources": sources}, sort_keys=False))
+    block = {key: value for key, value in sources.items() if key != "datasets"}
+    path.write_text(yaml.safe_dump({"sources": block}, sort_keys=False))
+    catalog = path.parent / "conf" / "sources"
+    catalog.mkdir(parents=True, exist_ok=True)
+    for dataset, entry in sources.get("datasets", {}).items():
+        (catalog / f"{dataset}.yaml").write_text(yaml.safe_dump(entry, sort_keys=False))
     return path

@@ -1,14 +1,18 @@
 """The throughput benchmark's pieces: per-image peers' dataset, the suite's step, the report."""
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 from fixmatch_bench.bench import (GPU_LADDER, GPU_SPEED, BenchConfig, RandomData, _attempt, _PerImage, _SuiteStep,
                                   _breakdown, main, reduced_configs, render_markdown, write_report)
-from fixmatch_bench.speed import SpeedOptions
+from fixmatch_bench.train.speed import SpeedOptions
 
+REPO = Path(__file__).resolve().parents[1]
 TINY = BenchConfig("tiny", {"filters": 8, "scales": 1, "repeat": 1}, batch=2, uratio=3, train_size=16, test_size=8,
                    steps=2, warmup=1, breakdown_steps=2, eval_every=1, eval_batch=8)
 
@@ -115,3 +119,11 @@ def test_the_reduced_benchmark_runs_end_to_end_from_the_command_line(tmp_path):
     assert [rung["label"] for rung in row["ladder"]] == ["fp32 eager", "+ channels_last"]
     assert row["suite"]["steps_per_s"] == row["ladder"][0]["steps_per_s"]
     assert "| speed options | steps/s |" in (tmp_path / "throughput.md").read_text()
+
+
+def test_make_bench_collects_every_benchmark_file():
+    done = subprocess.run([sys.executable, "-m", "pytest", "benchmarks", "--collect-only", "-q"], cwd=REPO,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    collected = {line.split("::")[0] for line in done.stdout.splitlines() if "::" in line}
+    assert collected == {"benchmarks/bench_augment.py", "benchmarks/bench_network.py", "benchmarks/bench_step.py"}

@@ -4,7 +4,7 @@ import pytest
 import yaml
 
 from fixmatch_bench.compose import compose
-from fixmatch_bench.config import ParamsError, expected_runs, validate_params
+from fixmatch_bench.core.config import ParamsError, expected_runs, validate_params
 from conftest import REPO
 
 

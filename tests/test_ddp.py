@@ -20,10 +20,10 @@ import torch
 from torch import nn
 
 from conftest import REPO, wait_for_lines
-from fixmatch_bench import trainer
-from fixmatch_bench.config import Run
-from fixmatch_bench.distributed import SINGLE_PROCESS, World, launch
-from fixmatch_bench.wide_resnet import WideResNet
+from fixmatch_bench.train import trainer
+from fixmatch_bench.core.config import Run
+from fixmatch_bench.train.distributed import SINGLE_PROCESS, World, launch
+from fixmatch_bench.train.wide_resnet import WideResNet
 from test_trainer import workspace  # noqa: F401 (the tiny digits workspace fixture)
 
 RANKS = 2
@@ -69,17 +69,24 @@ def _grouped_reference(root, params: dict, method: str, out: str, monkeypatch) -
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return trainer.train(params, Run("digits", 20, method, 1), root / "prepared/digits",
-                             root / "splits/digits_20-1.json", root / out, progress=False)
+        run = Run("digits", 20, method, 1)
+        return trainer.train(_checkpoints_in(params, root, out), run, root / "prepared/digits",
+                             root / "splits/digits_20-1.json", root / out / run.key, progress=False)
     finally:
         torch.set_num_threads(threads)
 
 
-def _torchrun(root, method: str, out: str, params: str = "params.yaml", **kwargs) -> subprocess.Popen:
+def _checkpoints_in(params: dict, root, out: str) -> dict:
+    """Each ``out`` keeps its own checkpoints, also when finished, so that runs can be compared."""
+    return {**params, "checkpoints": {"dir": str(root / "checkpoints" / out), "keep_finished": True}}
+
+
+def _torchrun(root, method: str, out: str, params: dict, **kwargs) -> subprocess.Popen:
+    (root / f"{out}.yaml").write_text(json.dumps(_checkpoints_in(params, root, out)))
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(RANKS), "--standalone",
-               str(REPO / "pipeline/train.py"), "--cell", "digits_20", "--method", method, "--fold", "1",
+               str(REPO / "pipeline/train.py"), "--run", f"digits_20-{method}-1",
                "--prepared", str(root / "prepared"), "--splits", str(root / "splits"),
-               "--params", str(root / params), "--out", str(root / out)]
+               "--params", str(root / f"{out}.yaml"), "--results", str(root / out), "--models", str(root / out)]
     environment = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment,
                             **kwargs)
@@ -91,12 +98,13 @@ def _tsv(path) -> list[tuple[int, float]]:
 
 
 def _curves(root, out: str) -> dict[str, list[tuple[int, float]]]:
-    live = root / out / "live/plots/metrics"
-    return {str(path.relative_to(live)): _tsv(path) for path in sorted(live.rglob("*.tsv"))}
+    (curves,) = (root / out).glob("*/curves")
+    return {str(path.relative_to(curves)): _tsv(path) for path in sorted(curves.rglob("*.tsv"))}
 
 
 def _state(root, out: str) -> dict:
-    return torch.load(root / out / "checkpoint/state.pt", weights_only=True)
+    (directory,) = (root / "checkpoints" / out).iterdir()
+    return torch.load(directory / "state.pt", weights_only=True)
 
 
 def _assert_close_runs(root, a: str, b: str) -> None:
@@ -122,11 +130,10 @@ def _assert_close_runs(root, a: str, b: str) -> None:
 def two_ranks(workspace):  # noqa: F811
     """One 12-step FixMatch+CTA+DA run on 2 gloo ranks (launched once for the tests below)."""
     root, params = workspace
-    (root / "ddp.yaml").write_text(json.dumps({**params, "threshold": THRESHOLD}))
-    process = _torchrun(root, "fixmatch_cta_da", "ddp", params="ddp.yaml")
+    process = _torchrun(root, "fixmatch_cta_da", "ddp", {**params, "threshold": THRESHOLD})
     stdout, stderr = process.communicate(timeout=240)
     assert process.returncode == 0, stderr
-    return root, json.loads((root / "ddp/metrics.json").read_text()), stdout
+    return root, json.loads((root / "ddp/digits_20-fixmatch_cta_da-1/metrics.json").read_text()), stdout
 
 
 def test_two_ranks_follow_one_process_with_the_same_per_rank_batchnorm_groups(
@@ -146,17 +153,20 @@ def test_two_ranks_follow_one_process_with_the_same_per_rank_batchnorm_groups(
 
 def test_only_rank_0_writes_and_every_rank_holds_the_same_state(two_ranks):
     root, metrics, _ = two_ranks
-    assert sorted(path.name for path in (root / "ddp").iterdir()) == ["checkpoint", "live", "metrics.json"]
-    assert sorted(path.name for path in (root / "ddp/checkpoint").iterdir()) == ["state.pt"]
+    assert sorted(path.name for path in (root / "ddp").iterdir()) == ["digits_20-fixmatch_cta_da-1",
+                                                                     "digits_20-fixmatch_cta_da-1.pt"]
+    assert sorted(path.name for path in (root / "ddp/digits_20-fixmatch_cta_da-1").iterdir()) == ["curves",
+                                                                                               "metrics.json"]
+    (checkpoint,) = (root / "checkpoints/ddp").iterdir()
+    assert sorted(path.name for path in checkpoint.iterdir()) == ["state.pt"]
     assert metrics["evaluations"] == 3 and _state(root, "ddp")["finished"]
 
 
 def test_sigterm_to_torchrun_stops_every_rank_at_one_step_and_the_rerun_resumes(workspace, monkeypatch):  # noqa: F811
     root, params = workspace
     longer = {**params, "train": {**params["train"], "steps": 80, "checkpoint_every": 1000, "log_every": 2}}
-    (root / "ddp_long.yaml").write_text(json.dumps(longer))
-    process = _torchrun(root, "fixmatch_ra", "ddp_sigterm", params="ddp_long.yaml", start_new_session=True)
-    loss = root / "ddp_sigterm/live/plots/metrics/train/loss.tsv"
+    process = _torchrun(root, "fixmatch_ra", "ddp_sigterm", longer, start_new_session=True)
+    loss = root / "ddp_sigterm/digits_20-fixmatch_ra-1/curves/train/loss.tsv"
     wait_for_lines(loss, 3)
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=120)
@@ -166,7 +176,7 @@ def test_sigterm_to_torchrun_stops_every_rank_at_one_step_and_the_rerun_resumes(
     assert 0 < stopped["step"] < 80 and not stopped["finished"]
     assert _tsv(loss)[-1][0] <= stopped["step"]
 
-    resumed = _torchrun(root, "fixmatch_ra", "ddp_sigterm", params="ddp_long.yaml")
+    resumed = _torchrun(root, "fixmatch_ra", "ddp_sigterm", longer)
     _, stderr = resumed.communicate(timeout=240)
     assert resumed.returncode == 0, stderr
     assert _state(root, "ddp_sigterm")["finished"]
@@ -180,8 +190,7 @@ def test_a_nan_loss_stops_every_rank_and_keeps_the_last_good_checkpoint(workspac
     root, params = workspace
     exploding = {**params, "train": {**params["train"], "lr": 100.0, "steps": 40, "log_every": 2,
                                      "checkpoint_every": 2}}  # diverges after ~10 steps
-    (root / "ddp_nan.yaml").write_text(json.dumps(exploding))
-    process = _torchrun(root, "fixmatch_ra", "ddp_nan", params="ddp_nan.yaml")
+    process = _torchrun(root, "fixmatch_ra", "ddp_nan", exploding)
     _, stderr = process.communicate(timeout=120)  # no rank may hang in a collective the others left
     assert process.returncode != 0
     errors = re.findall(r"error: the (?:loss|weights) became non-finite (?:at|by) step \d+", stderr)

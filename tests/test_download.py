@@ -13,7 +13,7 @@ import yaml
 from miniature_datasets import UNREACHABLE_BASE, md5_of, write_miniature, write_params
 from miniature_server import closed_port_url, http_server  # noqa: F401  (fixture)
 
-from fixmatch_bench.download import (
+from fixmatch_bench.data.download import (
     MIRROR_ENV,
     ChecksumError,
     DownloadError,
@@ -26,10 +26,11 @@ from fixmatch_bench.download import (
     load_sources,
     parse_sources,
 )
-from fixmatch_bench.raw_formats import READERS
+from fixmatch_bench.data.raw_formats import READERS
 
 REPO = Path(__file__).resolve().parents[1]
-FIXTURE = Path(__file__).resolve().parents[1] / "conf" / "config.yaml"  # the one place URLs and checksums live
+FIXTURE = REPO / "params.yaml"
+CATALOG = REPO / "conf" / "sources"  # the one place URLs and checksums live
 NAME = "cifar-10-python.tar.gz"
 
 
@@ -57,7 +58,7 @@ def _leftovers(directory: Path) -> list[str]:
 
 
 def test_fixture_block_parses_with_published_md5s_and_a_reader_per_dataset():
-    sources = load_sources(FIXTURE)
+    sources = load_sources(FIXTURE, CATALOG)
     assert set(sources.datasets) == set(READERS) | {"digits"}
     assert sources.mirror is None and sources.retries == 5 and sources.timeout_s == 60.0 and sources.backoff_s == 1.0
     assert sources.files("cifar10")[0] == RemoteFile(
@@ -68,7 +69,7 @@ def test_fixture_block_parses_with_published_md5s_and_a_reader_per_dataset():
     assert sources.files("stl10")[0].md5 == "91f7769df0f17e558f3565bffb0c7dfb"
 
 
-FIRST = "sources.datasets.cifar10.files[0]"
+FIRST = "conf/sources/cifar10.yaml: files[0]"
 
 
 def _first_file(block: dict) -> dict:
@@ -81,16 +82,17 @@ def _first_file(block: dict) -> dict:
         (lambda b: b.update(retries=-1), "sources.retries must be an integer >= 0, got -1"),
         (lambda b: b.update(timeout_s=0), "sources.timeout_s must be a number > 0, got 0"),
         (lambda b: b.update(mirror=3), "sources.mirror must be null, a base URL or a directory, got 3"),
-        (lambda b: b.pop("datasets"), "sources must have a 'datasets' entry"),
+        (lambda b: b.update(datasets={}), "conf/sources must hold one <dataset>.yaml with a files list per dataset"),
         (lambda b: _first_file(b).update(md5="xyz"), f"{FIRST}.md5 must be a hexadecimal md5 digest, got 'xyz'"),
         (lambda b: _first_file(b).update(name="../x"), f"{FIRST}.name must be a plain file name, got '../x'"),
         (lambda b: _first_file(b).update(sha1="ab"), f"{FIRST} has unknown keys ['sha1']"),
         (lambda b: _first_file(b).update(url="ftp://x/y"), f"{FIRST}.url must be an http:// or https:// URL or package://<package>/<path>, got 'ftp://x/y'"),
-        (lambda b: b["datasets"]["cifar10"].update(files=[]), "sources.datasets.cifar10.files must be a non-empty list"),
+        (lambda b: b["datasets"]["cifar10"].update(files=[]), "conf/sources/cifar10.yaml: files must be a non-empty list"),
     ],
 )
 def test_malformed_sources_are_rejected_with_the_key_named(change, message):
-    block = yaml.safe_load(FIXTURE.read_text())["sources"]
+    block = {**yaml.safe_load(FIXTURE.read_text())["sources"],
+             "datasets": {path.stem: yaml.safe_load(path.read_text()) for path in CATALOG.glob("*.yaml")}}
     change(block)
     with pytest.raises(SourcesError) as error:
         parse_sources(block)
@@ -98,13 +100,13 @@ def test_malformed_sources_are_rejected_with_the_key_named(change, message):
 
 
 def test_unknown_dataset_and_missing_params_file(tmp_path):
-    with pytest.raises(SourcesError, match=r"dataset 'mnist' is not in sources.datasets; configured: \['cifar10'"):
-        load_sources(FIXTURE).files("mnist")
+    with pytest.raises(SourcesError, match=r"dataset 'mnist' has no .*conf/sources/mnist.yaml; configured: \['cifar10'"):
+        load_sources(FIXTURE, CATALOG).files("mnist")
     with pytest.raises(SourcesError, match="params file .*nope.yaml does not exist"):
-        load_sources(tmp_path / "nope.yaml")
+        load_sources(tmp_path / "nope.yaml", CATALOG)
     (tmp_path / "p.yaml").write_text("train: {}\n")
     with pytest.raises(SourcesError, match="has no top-level 'sources' block"):
-        load_sources(tmp_path / "p.yaml")
+        load_sources(tmp_path / "p.yaml", CATALOG)
 
 
 def test_environment_mirror_overrides_params():
@@ -148,7 +150,7 @@ def test_unreachable_server_fails_fast_naming_the_url_and_the_mirror_settings(tm
         _fetch(remote, tmp_path / "raw", backoff_s=1000)  # a retry would sleep for ever
     message = str(error.value)
     assert message.startswith(f"could not reach {url} (")
-    assert "set sources.mirror in params.yaml or the FIXMATCH_MIRROR environment variable" in message
+    assert "the FIXMATCH_MIRROR environment variable, `dvc exp run -S sources.mirror=...`" in message
     assert _leftovers(tmp_path / "raw") == []
 
 
@@ -335,7 +337,7 @@ def test_download_stage_with_a_bad_params_file_prints_one_line(tmp_path):
 
 
 def test_a_file_shipped_inside_an_installed_package_is_copied_and_verified(tmp_path):
-    digits = load_sources(FIXTURE).files("digits")[0]
+    digits = load_sources(FIXTURE, CATALOG).files("digits")[0]
     path = fetch(digits, tmp_path)
     assert path == tmp_path / "digits.csv.gz" and path.stat().st_size > 0
     wrong = RemoteFile(digits.name, digits.url, "0" * 32)

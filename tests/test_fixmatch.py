@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from fixmatch_bench.fixmatch import Batch, fixmatch_loss
+from fixmatch_bench.train.fixmatch import Batch, fixmatch_loss
 
 
 class Logits(nn.Module):

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from fixmatch_bench.optim import cosine_lr, make_optimizer, set_lr, weight_decay_groups
+from fixmatch_bench.train.optim import cosine_lr, make_optimizer, set_lr, weight_decay_groups
 
 
 def test_cosine_schedule_of_the_official_code():

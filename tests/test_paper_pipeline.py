@@ -32,7 +32,7 @@ TRAIN = {"steps": 4, "batch": 4, "uratio": 1, "ema": 0.9, "eval_every": 2, "medi
          "log_every": 2, "checkpoint_every": 4, "device": "cpu"}
 
 
-def suite_file(files: dict[str, list[dict[str, str]]], mirror: str | None) -> str:
+def suite_file(mirror: str | None) -> str:
     """``conf/suite/mini_paper.yaml``: the paper suite's datasets at miniature sizes."""
     suite = {
         "suite_name": "mini_paper",
@@ -42,12 +42,16 @@ def suite_file(files: dict[str, list[dict[str, str]]], mirror: str | None) -> st
         "ssl_methods": ["fixmatch_ra"],
         "da_cells": [],
         "train": TRAIN,
-        "sources": {"mirror": mirror, "retries": 1, "timeout_s": 10, "backoff_s": 0.01,
-                    "datasets": {name: {"files": files[name]} for name in files}},
+        "sources": {"mirror": mirror, "retries": 1, "timeout_s": 10, "backoff_s": 0.01},
         "datasets": {name: {"train_size": train, "test_size": test, "network": TINY_NETWORK}
                      for name, (train, test) in SIZES.items()},
     }
     return "# @package _global_\n" + yaml.safe_dump(suite, sort_keys=False)
+
+
+def catalog(files: dict[str, list[dict[str, str]]]) -> dict[str, str]:
+    """conf/sources/<dataset>.yaml of the miniatures (replacing the real URLs and checksums)."""
+    return {f"conf/sources/{name}.yaml": yaml.safe_dump({"files": entries}) for name, entries in files.items()}
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +67,7 @@ def served(tmp_path_factory) -> Iterator[tuple[FileServer, dict[str, list[dict[s
 def paper_repo(tmp_path_factory, served) -> Path:
     """A repo copy on the mini paper suite, after ``dvc repro aggregate``."""
     server, files = served
-    repo = repo_on_suite(tmp_path_factory.mktemp("paper"), "mini_paper", suite_file(files, server.url))
+    repo = repo_on_suite(tmp_path_factory.mktemp("paper"), "mini_paper", suite_file(server.url), catalog(files))
     dvc(repo, "repro", "aggregate")
     return repo
 
@@ -141,7 +145,7 @@ def test_unreachable_source_without_mirror_is_one_line_naming_the_url_and_the_mi
     _, files = served
     url = closed_port_url() + files["cifar10"][0]["name"]
     unreachable = {**files, "cifar10": [{**files["cifar10"][0], "url": url}]}
-    repo = repo_on_suite(tmp_path, "mini_paper", suite_file(unreachable, None))
+    repo = repo_on_suite(tmp_path, "mini_paper", suite_file(None), catalog(unreachable))
     failed = dvc(repo, "repro", "download@cifar10", check=False)
     assert failed.returncode != 0
     output = failed.stdout + failed.stderr
@@ -149,5 +153,21 @@ def test_unreachable_source_without_mirror_is_one_line_naming_the_url_and_the_mi
     lines = [line for line in output.splitlines() if line.startswith("download cifar10: error:")]
     assert len(lines) == 1
     assert f"could not reach {url}" in lines[0]
-    assert "set sources.mirror in params.yaml or the FIXMATCH_MIRROR environment variable" in lines[0]
+    assert "the FIXMATCH_MIRROR environment variable, `dvc exp run -S sources.mirror=...`" in lines[0]
     assert not (repo / "data/raw/cifar10/cifar-10-python.tar.gz").exists()
+
+
+def test_a_download_interrupted_in_one_repro_resumes_in_the_next(tmp_path, served):
+    """DVC deletes a stage's outputs before running it; the partial file lives beside them and survives."""
+    server, files = served
+    name, md5 = files["cifar10"][0]["name"], files["cifar10"][0]["md5"]
+    repo = repo_on_suite(tmp_path, "mini_paper", suite_file(server.url).replace("retries: 1", "retries: 0"),
+                         catalog(files))
+    server.faults.drop_after[name] = 1000
+    start = len(server.requests)
+    assert dvc(repo, "repro", "download@cifar10", check=False).returncode != 0
+    assert (repo / "data/raw/.partial/cifar10" / f"{name}.part").stat().st_size == 1000
+    dvc(repo, "repro", "download@cifar10")
+    assert [(r.range, r.status) for r in server.requests[start:] if r.name == name] == [(None, 200), ("bytes=1000-", 206)]
+    assert hashlib.md5((repo / "data/raw/cifar10" / name).read_bytes()).hexdigest() == md5
+    assert not (repo / "data/raw/.partial/cifar10").exists()

@@ -18,8 +18,8 @@ from miniature_datasets import (
 )
 from miniature_server import http_server  # noqa: F401  (fixture)
 
-from fixmatch_bench.download import MIRROR_ENV
-from fixmatch_bench.prepared import load_prepared
+from fixmatch_bench.data.download import MIRROR_ENV
+from fixmatch_bench.data.prepared import load_prepared
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -101,4 +101,5 @@ def test_prepare_stage_with_an_unconfigured_dataset(tmp_path):
     params = write_params(tmp_path / "params.yaml", write_miniature("svhn", tmp_path / "mirror"))
     result = _prepare("stl10", params, tmp_path / "mirror", tmp_path / "prepared")
     assert result.returncode == 1
-    assert result.stderr == "prepare stl10: error: dataset 'stl10' is not in sources.datasets; configured: ['svhn']\n"
+    catalog = tmp_path / "conf" / "sources"
+    assert result.stderr == f"prepare stl10: error: dataset 'stl10' has no {catalog}/stl10.yaml; configured: ['svhn']\n"

@@ -2,7 +2,7 @@ import io
 
 from tqdm import tqdm
 
-from fixmatch_bench.progress import LogProgress, progress
+from fixmatch_bench.core.progress import LogProgress, progress
 
 
 class Clock:

@@ -10,13 +10,13 @@ import pytest
 import yaml
 
 from conftest import REPO, digits_workspace
-from fixmatch_bench.config import Run, expected_runs
+from fixmatch_bench.core.config import Run, expected_runs
 from fixmatch_bench.report.cells import CellResult
 from fixmatch_bench.report.check import (Tolerance, baseline_references, check_against_reference,
                                          check_ratio_to_supervised, load_baseline)
-from fixmatch_bench.prepared import load_prepared
-from fixmatch_bench.splits import make_split, write_split
-from fixmatch_bench.trainer import train
+from fixmatch_bench.data.prepared import load_prepared
+from fixmatch_bench.data.splits import make_split, write_split
+from fixmatch_bench.train.trainer import train
 
 BASELINE = REPO / "reports/baseline/quick.json"
 SPREAD = json.loads((REPO / "reports/baseline/quick_spread.json").read_text())
@@ -68,14 +68,13 @@ def regressed_results(tmp_path_factory):
     root, params = digits_workspace(tmp_path_factory.mktemp("regressed"), {"uratio": 0})
     prepared = load_prepared(root / "prepared/digits")
     results = root / "results"
-    shutil.copytree(REPO / "results", results, ignore=shutil.ignore_patterns("checkpoint"))
+    shutil.copytree(REPO / "results", results)
     for fold in params["folds"]:
         split = root / f"splits/digits_20-{fold}.json"
         write_split(make_split(prepared, 20, fold), split)
         run = Run("digits", 20, "fixmatch_ra", fold)
         shutil.rmtree(results / run.key)
-        metrics = train(params, run, root / "prepared/digits", split, results / run.key, progress=False)
-        (results / run.key / "metrics.json").write_text(json.dumps(metrics))
+        train(params, run, root / "prepared/digits", split, results / run.key, progress=False)
     return root, results
 
 

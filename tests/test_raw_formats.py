@@ -25,7 +25,7 @@ from miniature_datasets import (
     write_tar_gz,
 )
 
-from fixmatch_bench.raw_formats import (
+from fixmatch_bench.data.raw_formats import (
     RawFormatError,
     read_cifar10,
     read_cifar100,

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fixmatch_bench.config import Run
+from fixmatch_bench.core.config import Run
 from fixmatch_bench.report.cells import CellResult, run_dir_name
 from fixmatch_bench.report.plots import (
     Curve,
@@ -67,7 +67,7 @@ def test_fold_band_aligns_on_common_steps():
 
 def test_load_curves_keeps_every_expected_cell(tmp_path):
     runs = [Run("digits", 20, "fixmatch_ra", 1), Run("digits", 20, "fixmatch_ra", 2), Run("digits", 20, "supervised", 1)]
-    live = tmp_path / run_dir_name(runs[0]) / "live" / "plots" / "metrics"
+    live = tmp_path / run_dir_name(runs[0]) / "curves"
     write_tsv(live / "eval" / "error.tsv", "error", [(0, 80.0), (32, 20.0)])
     curves = load_curves(runs, tmp_path, "eval/error")
     assert list(curves) == [("digits", 20, "fixmatch_ra"), ("digits", 20, "supervised")]

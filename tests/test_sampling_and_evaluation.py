@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from fixmatch_bench.evaluation import reported_error
-from fixmatch_bench.sampling import IndexStream
+from fixmatch_bench.train.evaluation import reported_error
+from fixmatch_bench.train.sampling import IndexStream
 
 
 def test_stream_walks_through_permutations_and_straddles_them():

@@ -10,13 +10,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from conftest import REPO, digits_workspace
-from fixmatch_bench.config import ParamsError, Run, validate_params
-from fixmatch_bench.evaluation import accuracy
-from fixmatch_bench.fixmatch import Batch, fixmatch_loss
-from fixmatch_bench.optim import make_optimizer
-from fixmatch_bench.speed import SpeedOptions, fast_forward, prepare_model
-from fixmatch_bench.trainer import train
-from fixmatch_bench.wide_resnet import WideResNet
+from fixmatch_bench.core.config import ParamsError, Run, validate_params
+from fixmatch_bench.train.evaluation import accuracy
+from fixmatch_bench.train.fixmatch import Batch, fixmatch_loss
+from fixmatch_bench.train.optim import make_optimizer
+from fixmatch_bench.train.speed import SpeedOptions, fast_forward, prepare_model
+from fixmatch_bench.train.trainer import train
+from fixmatch_bench.train.wide_resnet import WideResNet
 
 CONFIG = REPO / "conf/config.yaml"  # the protocol's defaults, before a suite overrides them
 
@@ -192,7 +192,7 @@ def workspace(tmp_path_factory):
 
 
 def _series(out, name: str) -> list[float]:
-    path = out / "live/plots/metrics" / f"{name}.tsv"
+    path = out / "curves" / f"{name}.tsv"
     with open(path) as handle:
         return [float(row[name.split("/")[-1]]) for row in csv.DictReader(handle, delimiter="\t")]
 

@@ -12,11 +12,13 @@ import pytest
 import torch
 import yaml
 
+from fixmatch_bench.core.config import run_table
+
 from conftest import REPO
 from miniature_datasets import STL10_COUNTS, expected_images
 from paper_miniatures import STL10_TRAIN, stl10_large_folds, write_stl10_large
-from fixmatch_bench.prepared import load_prepared
-from fixmatch_bench.trainer import load_run_data
+from fixmatch_bench.data.prepared import load_prepared
+from fixmatch_bench.train.trainer import load_run_data
 
 
 def stage(script: str, *args: str | Path, check: bool = True) -> subprocess.CompletedProcess:
@@ -32,6 +34,7 @@ def write_stl10_params(path: Path, train_size: int) -> Path:
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["datasets"]["stl10"]["train_size"] = train_size
     params.update(data=["stl10"], cells=["stl10_1000", "stl10_20"])
+    params["runs"] = run_table(params)
     path.write_text(yaml.safe_dump(params, sort_keys=False))
     return path
 
@@ -42,7 +45,7 @@ def stl10(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("stl10")
     write_stl10_large(root / "raw")
     params = write_stl10_params(root / "params.yaml", STL10_TRAIN)
-    stage("prepare.py", "--dataset", "stl10", "--params", params, "--raw", root / "raw",
+    stage("prepare.py", "--dataset", "stl10", "--params", params, "--catalog", REPO / "conf/sources", "--raw", root / "raw",
           "--out", root / "prepared/stl10")
     return root
 

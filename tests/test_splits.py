@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from fixmatch_bench.prepared import load_prepared, save_prepared
-from fixmatch_bench.splits import class_matched_split, make_split, read_split, write_split
+from fixmatch_bench.data.prepared import load_prepared, save_prepared
+from fixmatch_bench.data.splits import class_matched_split, make_split, read_split, write_split
 
 
 def test_unshuffled_greedy_selection_matches_the_hand_computed_order():

@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from conftest import REPO, digits_workspace
-from fixmatch_bench.config import ParamsError, Run
+from fixmatch_bench.core.config import ParamsError, Run, run_table
 from fixmatch_bench.spread import (SpreadPlan, Variation, _task_key, apply_overrides, cell_statistics, load_plan,
                                    measure)
 
@@ -74,6 +74,7 @@ def test_an_interrupted_study_resumes_from_its_finished_runs(tmp_path):
     """Runs recorded in the partial file are not trained again; the others are, in fresh processes."""
     root, params = digits_workspace(tmp_path, {"steps": 4, "eval_every": 2, "log_every": 2, "checkpoint_every": 2})
     params.update(cells=["digits_20"], folds=[1], ssl_methods=[])
+    params["runs"] = run_table(params)
     plan = SpreadPlan(3.0, (Variation("pipeline"), Variation("threads_1", 1)))
     partial = tmp_path / "partial.jsonl"
     recorded = {"variation": "pipeline", "cell": "digits_20-supervised", "fold": 1, "error": 12.5,

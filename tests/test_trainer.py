@@ -1,4 +1,4 @@
-"""Real training on tiny data: resume equals never stopping, SIGTERM, NaN, mismatched checkpoints."""
+"""Real training on tiny data: resume equals never stopping, SIGTERM, NaN, checkpoints keyed by settings."""
 
 import copy
 import json
@@ -11,9 +11,9 @@ import torch
 import yaml
 
 from conftest import REPO, digits_workspace, wait_for_lines
-from fixmatch_bench.checkpoint import CheckpointError
-from fixmatch_bench.config import Run
-from fixmatch_bench.trainer import Interrupted, NonFiniteLoss, StopRequest, train
+from fixmatch_bench.train.checkpoint import CheckpointError
+from fixmatch_bench.core.config import Run
+from fixmatch_bench.train.trainer import Interrupted, NonFiniteLoss, StopRequest, train
 
 TINY = {"steps": 12, "batch": 4, "uratio": 2, "eval_every": 4, "median_of_last": 2, "eval_batch": 256,
         "log_every": 2, "checkpoint_every": 4, "ema": 0.9}
@@ -24,19 +24,29 @@ def workspace(tmp_path_factory):
     return digits_workspace(tmp_path_factory.mktemp("trainer"), TINY)
 
 
+def _with_checkpoints(params: dict, root, out: str) -> dict:
+    """Each ``out`` keeps its own checkpoints, also when finished, so that runs can be compared."""
+    return {**params, "checkpoints": {"dir": str(root / "checkpoints" / out), "keep_finished": True}}
+
+
 def _train(workspace, out: str, method: str, params: dict | None = None, stop: StopRequest | None = None) -> dict:
     root, base = workspace
-    return train(params or base, Run("digits", 20, method, 1), root / "prepared/digits",
+    return train(_with_checkpoints(params or base, root, out), Run("digits", 20, method, 1), root / "prepared/digits",
                  root / "splits/digits_20-1.json", root / out, stop=stop, progress=False)
 
 
+def _checkpoint_dirs(workspace, out: str) -> list:
+    return sorted((workspace[0] / "checkpoints" / out).iterdir())
+
+
 def _final_state(workspace, out: str) -> dict:
-    return torch.load(workspace[0] / out / "checkpoint/state.pt", weights_only=True)
+    (directory,) = _checkpoint_dirs(workspace, out)
+    return torch.load(directory / "state.pt", weights_only=True)
 
 
 def _curves(workspace, out: str) -> dict[str, str]:
-    live = workspace[0] / out / "live/plots/metrics"
-    return {str(path.relative_to(live)): path.read_text() for path in sorted(live.rglob("*.tsv"))}
+    curves = workspace[0] / out / "curves"
+    return {str(path.relative_to(curves)): path.read_text() for path in sorted(curves.rglob("*.tsv"))}
 
 
 def _assert_same_run(workspace, a: str, b: str, metrics_a: dict, metrics_b: dict) -> None:
@@ -83,12 +93,12 @@ def test_sigterm_to_a_real_training_process_checkpoints_and_the_rerun_resumes(wo
     root, params = workspace
     longer = copy.deepcopy(params)
     longer["train"].update(steps=400, checkpoint_every=100, log_every=2)
-    (root / "long.yaml").write_text(yaml.safe_dump(longer))
-    command = [sys.executable, str(REPO / "pipeline/train.py"), "--cell", "digits_20", "--method", "fixmatch_ra",
-               "--fold", "1", "--prepared", str(root / "prepared"), "--splits", str(root / "splits"),
-               "--params", str(root / "long.yaml"), "--out", str(root / "sigterm")]
+    (root / "long.yaml").write_text(yaml.safe_dump(_with_checkpoints(longer, root, "sigterm")))
+    command = [sys.executable, str(REPO / "pipeline/train.py"), "--run", "digits_20-fixmatch_ra-1",
+               "--prepared", str(root / "prepared"), "--splits", str(root / "splits"),
+               "--params", str(root / "long.yaml"), "--results", str(root / "sigterm"), "--models", str(root / "models")]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    wait_for_lines(root / "sigterm/live/plots/metrics/train/loss.tsv", 3)
+    wait_for_lines(root / "sigterm/digits_20-fixmatch_ra-1/curves/train/loss.tsv", 3)
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 128 + signal.SIGTERM, stderr
@@ -98,9 +108,12 @@ def test_sigterm_to_a_real_training_process_checkpoints_and_the_rerun_resumes(wo
 
     finished = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert finished.returncode == 0, finished.stderr
-    resumed = json.loads((root / "sigterm/metrics.json").read_text())
+    resumed = json.loads((root / "sigterm/digits_20-fixmatch_ra-1/metrics.json").read_text())
     reference = _train(workspace, "sigterm_reference", "fixmatch_ra", params=longer)
+    (root / "sigterm/curves").symlink_to(root / "sigterm/digits_20-fixmatch_ra-1/curves")
     _assert_same_run(workspace, "sigterm_reference", "sigterm", reference, resumed)
+    ema = torch.load(root / "models/digits_20-fixmatch_ra-1.pt", weights_only=True)
+    assert all(torch.equal(tensor, _final_state(workspace, "sigterm")["ema"][name]) for name, tensor in ema.items())
 
 
 def test_a_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(workspace):
@@ -115,11 +128,30 @@ def test_a_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(wor
     assert all(torch.isfinite(tensor).all() for tensor in state["model"].values() if tensor.is_floating_point())
 
 
-def test_resuming_with_other_settings_is_refused(workspace):
+def test_other_settings_get_their_own_checkpoint_and_the_interrupted_run_still_resumes(workspace):
     root, params = workspace
     with pytest.raises(Interrupted):
-        _train(workspace, "mismatch", "fixmatch_ra", stop=StopRequest(after_step=3))
+        _train(workspace, "settings", "fixmatch_ra", stop=StopRequest(after_step=3))
     changed = copy.deepcopy(params)
     changed["threshold"] = 0.5
-    with pytest.raises(CheckpointError, match="threshold: checkpoint has 0.95, this run has 0.5"):
-        _train(workspace, "mismatch", "fixmatch_ra", params=changed)
+    other = _train(workspace, "settings", "fixmatch_ra", params=changed)
+    assert other["steps"] == 12 and len(_checkpoint_dirs(workspace, "settings")) == 2
+    states = [torch.load(d / "state.pt", weights_only=True) for d in _checkpoint_dirs(workspace, "settings")]
+    assert sorted((s["fingerprint"]["threshold"], s["step"]) for s in states) == [(0.5, 12), (0.95, 3)]
+    resumed = _train(workspace, "settings", "fixmatch_ra")
+    straight = _train(workspace, "settings_straight", "fixmatch_ra")
+    assert resumed["error"] == straight["error"] and _curves(workspace, "settings") == _curves(workspace, "settings_straight")
+
+
+def test_a_finished_run_is_removed_unless_kept_and_a_finished_checkpoint_rewrites_the_outputs(workspace):
+    root, params = workspace
+    removed = {**params, "checkpoints": {"dir": str(root / "checkpoints/removed"), "keep_finished": False}}
+    metrics = train(removed, Run("digits", 20, "supervised", 1), root / "prepared/digits",
+                    root / "splits/digits_20-1.json", root / "removed", progress=False)
+    assert list((root / "checkpoints/removed").iterdir()) == [] and metrics["evaluations"] == 3
+    first = _train(workspace, "kept", "supervised")
+    (root / "kept/metrics.json").unlink()
+    # From the finished checkpoint: not a single step runs (a stop requested after step 1 never triggers).
+    again = _train(workspace, "kept", "supervised", stop=StopRequest(after_step=1))
+    assert {k: v for k, v in again.items() if k != "wall_time_s"} == {k: v for k, v in first.items() if k != "wall_time_s"}
+    assert (root / "kept/metrics.json").exists()

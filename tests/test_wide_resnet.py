@@ -7,8 +7,8 @@ import torch.nn.functional as F
 from scipy.stats import truncnorm
 from torch import nn
 
-from fixmatch_bench.optim import weight_decay_groups
-from fixmatch_bench.wide_resnet import (
+from fixmatch_bench.train.optim import weight_decay_groups
+from fixmatch_bench.train.wide_resnet import (
     TRUNCATED_NORMAL_STD,
     Conv2dSame,
     WideResNet,

@@ -43,14 +43,14 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
-from .augment import make_augmenter
-from .ema import ModelEMA
-from .evaluation import accuracy, to_model_input
-from .fixmatch import Batch, fixmatch_loss
-from .optim import cosine_lr, make_optimizer, set_lr
-from .sampling import IndexStream
-from .speed import SpeedOptions, StepFunctions, fast_forward, prepare_model
-from .wide_resnet import WideResNet
+from .train.augment import make_augmenter
+from .train.ema import ModelEMA
+from .train.evaluation import accuracy, to_model_input
+from .train.fixmatch import Batch, fixmatch_loss
+from .train.optim import cosine_lr, make_optimizer, set_lr
+from .train.sampling import IndexStream
+from .train.speed import SpeedOptions, StepFunctions, fast_forward, prepare_model
+from .train.wide_resnet import WideResNet
 
 GPU_SPEED = SpeedOptions(channels_last=True, autocast_bf16=True, compile="step", compile_augment=True)
 # (label, options): the suite's pipeline with each speed option added in turn.

@@ -44,8 +44,8 @@ from typing import Any
 import numpy as np
 import yaml
 
-from .config import ParamsError, Run, expected_runs, load_params, validate_params
-from .progress import progress
+from .core.config import ParamsError, Run, expected_runs, load_params, validate_params
+from .core.progress import progress
 
 VARIATIONS_FILE = Path("conf/spread.yaml")
 BASELINES = Path("reports/baseline")
@@ -109,7 +109,7 @@ def _train_run(params: dict, run: Run, variation: Variation, prepared: Path, spl
     """Train one run in this (fresh) worker process and return its record."""
     import torch
 
-    from .trainer import train
+    from .train.trainer import train
 
     if variation.threads is not None:
         torch.set_num_threads(variation.threads)

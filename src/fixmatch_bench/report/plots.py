@@ -25,7 +25,7 @@ from matplotlib.figure import Figure
 from fixmatch_bench.report.cells import CellResult, RunLike, run_dir_name
 from fixmatch_bench.report.published import Published, cell_id
 
-CURVES_DIR = Path("live") / "plots" / "metrics"
+CURVES_DIR = Path("curves")
 PANEL_INCHES = (4.8, 3.6)
 DPI = 100
 MAX_COLUMNS = 3
@@ -54,7 +54,7 @@ class Band:
 
 
 def read_curve(path: str | Path) -> Curve | None:
-    """A dvclive TSV (``step``, the metric's basename, maybe ``timestamp``), or ``None`` if absent.
+    """A run's curve TSV (``step`` and the metric's basename), or ``None`` if absent.
 
     Columns are read by name. A repeated step (a resumed run re-logging it) keeps its last value.
     """

@@ -1,0 +1,122 @@
+"""Speed options (the ``speed:`` params block): how a run is executed, not what it computes.
+
+All are off by default except ``optimizer_impl: foreach``, which is
+bit-identical to the for-loop SGD (checked on CPU in ``tests/test_speed.py``;
+on CUDA it is PyTorch's own default). The others trade exactness for speed:
+
+- ``optimizer_impl: fused``: one fused SGD kernel; same maths, different
+  rounding (measured on CPU: ~5e-10 after a few steps).
+
+- ``channels_last``: model weights and inputs in NHWC memory format (same
+  maths, different conv kernels: differences at float rounding level).
+- ``autocast_bf16``: the forward pass under ``torch.autocast`` in bfloat16;
+  logits are cast back to float32, so the loss, softmax, threshold and
+  gradients' accumulation in the parameters stay fp32.
+- ``compile``: ``torch.compile`` with ``compile_mode``; numerics at float
+  rounding level. ``model`` compiles the forward passes. ``step`` compiles the
+  whole update: the forward together with the loss (AOTAutograd compiles its
+  backward), the SGD step (with the learning rate held in a device tensor, so
+  that the cosine schedule does not recompile it) and the EMA update; the
+  evaluation and probe forwards are compiled as with ``model``. With
+  ``compile_mode: reduce-overhead`` on CUDA the compiled pieces replay as CUDA
+  graphs. What stays eager: augmentation (see ``compile_augment``),
+  ``loss.backward()``'s call and the DDP buffer broadcast.
+- ``compile_augment``: ``torch.compile`` (``fullgraph``, no CUDA graphs: the
+  views are kept across calls) of the batched augmentation ops in their dense
+  form, every op computed for the whole batch and selected per sample: one
+  graph with no host synchronisation. Eager, that form dispatches thousands of
+  small ops per view (counted with torch.profiler on CPU: 7,338 aten calls,
+  nested ones included, for one RandAugment strong view), which on a GPU is
+  expected to be bound by kernel launches (not measured here). The random draws stay eager (explicit
+  generators). Bit-identical to the eager ops (checked on CPU); meant for CUDA:
+  on CPU the eager bucketed path is much faster (measured on 448 CIFAR-sized
+  images: 10.5 ms eager vs 352 ms compiled-dense for RandAugment).
+- ``weak_no_grad``: ALGORITHM-CHANGING. The weak view goes through the
+  network in its own forward pass under ``no_grad`` instead of the one
+  concatenated pass: BatchNorm normalises the weak images with their own batch
+  statistics and updates its running statistics twice per step. Results made
+  with it must be reported separately from the faithful ones.
+
+The plain module stays the one the optimizer, the EMA and checkpoints use;
+:func:`fast_forward` returns a module sharing its parameters that applies the
+input format, autocast and compilation around it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from torch import Tensor, nn
+
+from ..core.speed_options import SpeedOptions
+
+class FastForward(nn.Module):
+    """``module``'s forward with the input in the model's memory format and optional bf16 autocast.
+
+    Returns float32 logits whatever the autocast, so everything downstream of
+    the network runs in full precision.
+    """
+
+    def __init__(self, module: nn.Module, channels_last: bool, autocast_bf16: bool):
+        super().__init__()
+        self.module = module
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.autocast_bf16 = autocast_bf16
+        self.train(module.training)  # mirror the wrapped module's mode (the EMA model stays in eval)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x.contiguous(memory_format=self.memory_format)
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.autocast_bf16):
+            logits = self.module(x)
+        return logits.float()
+
+
+def prepare_model(model: nn.Module, options: SpeedOptions) -> nn.Module:
+    """Put ``model``'s weights in the memory format the options ask for (in place); call before
+    building the EMA and the optimizer so their copies and states share the format."""
+    if options.channels_last:
+        model.to(memory_format=torch.channels_last)
+    return model
+
+
+def fast_forward(model: nn.Module, options: SpeedOptions, training: bool = False) -> nn.Module:
+    """A module computing ``model``'s logits (float32) with the options applied; shares ``model``'s parameters.
+
+    ``training``: the forward of the loss. Under ``compile: step`` it stays
+    uncompiled here because the compiled loss (:class:`StepFunctions`) traces through it.
+    """
+    forward = FastForward(model, options.channels_last, options.autocast_bf16)
+    if options.compile == "model" or (options.compile == "step" and not training):
+        return static_compile(forward, options.compile_mode)
+    return forward
+
+
+def static_compile(function: Callable, mode: str = "default", fullgraph: bool = False) -> Callable:
+    """``torch.compile`` with static shapes: one graph per input shape, so the graphs a run uses do
+    not depend on the order it met the shapes in (a resumed run computes like an uninterrupted one)."""
+    return torch.compile(function, mode=mode, dynamic=False, fullgraph=fullgraph)
+
+
+@dataclass(frozen=True)
+class StepFunctions:
+    """The pieces of one training update, compiled under ``compile: step``, plain otherwise.
+
+    ``loss`` has :func:`~fixmatch_bench.train.fixmatch.fixmatch_loss`'s signature;
+    ``optimizer_step()`` is ``optimizer.step()``; ``ema_update(model)`` is
+    ``ema.update(model)``. The loop calls ``loss``, ``backward``, ``optimizer_step``,
+    (the DDP buffer broadcast) and ``ema_update``, in that order.
+    """
+
+    loss: Callable
+    optimizer_step: Callable[[], Any]
+    ema_update: Callable[[nn.Module], None]
+
+    @classmethod
+    def build(cls, loss: Callable, optimizer: torch.optim.Optimizer, ema_update: Callable[[nn.Module], None],
+              options: SpeedOptions) -> StepFunctions:
+        if options.compile != "step":
+            return cls(loss, optimizer.step, ema_update)
+        mode = options.compile_mode
+        return cls(static_compile(loss, mode), static_compile(optimizer.step, mode), static_compile(ema_update, mode))

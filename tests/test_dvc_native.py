@@ -1,0 +1,170 @@
+"""DVC-native behaviour, with real DVC: finished runs restored from the run-cache, every run's
+metrics and curves declared, per-dataset dependencies, stage dependencies that cover what the
+stage scripts import, and a committed lock that matches the code."""
+
+from __future__ import annotations
+
+import ast
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO, dvc, git, repo_on_suite
+from test_pipeline import MINI_SUITE
+
+TRAINING_STAGES = ("supervised@digits_20-supervised-1", "train@digits_20-fixmatch_ra-1")
+
+
+@pytest.fixture(scope="module")
+def mini_repo(tmp_path_factory) -> tuple[Path, str]:
+    """The miniature quick suite after `dvc repro aggregate`, and its results table."""
+    repo = repo_on_suite(tmp_path_factory.mktemp("native"), "mini", MINI_SUITE)
+    dvc(repo, "repro", "aggregate")
+    return repo, (repo / "reports/results.csv").read_text()
+
+
+def test_returning_to_a_parameter_set_restores_every_run_from_the_run_cache(mini_repo):
+    repo, first_table = mini_repo
+    dvc(repo, "exp", "run", "aggregate", "-S", "threshold=0.5")
+    assert (repo / "reports/results.csv").read_text() != first_table
+    back = dvc(repo, "exp", "run", "aggregate", "-S", "threshold=0.95")
+    output = back.stdout + back.stderr
+    assert "Stage 'train@digits_20-fixmatch_ra-1' is cached - skipping run, checking out outputs" in output
+    assert "Stage 'supervised@digits_20-supervised-1' didn't change, skipping" in output
+    assert "Running stage 'train@" not in output and "Running stage 'supervised@" not in output
+    assert "error " not in output  # the trainer prints "<run>: error x %" whenever it runs
+    assert (repo / "reports/results.csv").read_text() == first_table
+    assert (repo / "models/digits_20-fixmatch_ra-1.pt").stat().st_size > 0  # the EMA weights came back too
+
+
+def test_every_runs_metrics_and_curves_are_declared(mini_repo):
+    repo, _ = mini_repo
+    metrics = json.loads(dvc(repo, "metrics", "show", "--json").stdout)
+    files = {path for revision in metrics.values() for path in revision["data"]}
+    assert {"reports/summary.json", "results/digits_20-supervised-1/metrics.json",
+            "results/digits_20-fixmatch_ra-1/metrics.json"} <= files
+    plots = json.loads(dvc(repo, "plots", "show", "--json").stdout)
+    for run in ("digits_20-supervised-1", "digits_20-fixmatch_ra-1"):
+        for series in ("eval/error", "eval/accuracy", "train/loss", "train/lr"):
+            assert f"results/{run}/curves/{series}.tsv" in plots, (run, series, sorted(plots))
+    for series in ("train/loss_u", "train/mask_rate", "train/pseudo_label_accuracy"):
+        assert f"results/digits_20-fixmatch_ra-1/curves/{series}.tsv" in plots
+    error = plots["results/digits_20-fixmatch_ra-1/curves/eval/error.tsv"][0]
+    points = [point for rows in error["datapoints"].values() for point in rows]
+    assert [int(point["step"]) for point in points] == [8, 16, 24] and all("error" in point for point in points)
+
+
+def test_a_datasets_settings_change_only_its_own_stages_and_urls_are_not_params(mini_repo):
+    repo, _ = mini_repo
+    params_file = repo / "params.yaml"
+    original = params_file.read_text()
+    try:
+        params = yaml.safe_load(original)
+        params["datasets"]["cifar100"]["weight_decay"] = 0.002
+        params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+        assert json.loads(dvc(repo, "status", "--json").stdout) == {}
+        params["datasets"]["digits"]["weight_decay"] = 0.002
+        params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+        changed = set(json.loads(dvc(repo, "status", "--json").stdout))
+        assert changed == {"prepare@digits", *TRAINING_STAGES}
+    finally:
+        params_file.write_text(original)
+    assert "sources" in params and not {"datasets", "url", "md5"} & set(params["sources"])
+    shown = dvc(repo, "exp", "show", "--csv").stdout.splitlines()[0]
+    assert "url" not in shown and "md5" not in shown and "datasets.cifar10" not in shown
+
+
+def _imports(path: Path, module: str) -> set[str]:
+    """Project modules that ``path`` (module name ``module``) imports, as dotted names."""
+    found = set()
+    package = module.rsplit(".", 1)[0] if not path.name == "__init__.py" else module
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names if alias.name.startswith("fixmatch_bench")}
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[: len(base) - node.level + 1]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            if target.startswith("fixmatch_bench"):
+                found.add(target)
+                found |= {f"{target}.{alias.name}" for alias in node.names}
+    return found
+
+
+def _module_file(name: str) -> Path | None:
+    base = REPO / "src" / Path(*name.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _project_files(script: Path) -> set[Path]:
+    """Every project source file that ``script`` imports, followed transitively."""
+    seen: set[Path] = set()
+    queue = [(script, "__main__")]
+    while queue:
+        path, module = queue.pop()
+        for name in _imports(path, module):
+            parts = name.split(".")
+            for depth in range(1, len(parts) + 1):  # importing a.b.c runs a/__init__ and a/b/__init__ too
+                prefix = ".".join(parts[:depth])
+                file = _module_file(prefix)
+                if file is not None and file not in seen:
+                    seen.add(file)
+                    queue.append((file, prefix))
+    return seen
+
+
+def test_each_stage_depends_on_every_project_module_its_script_imports():
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    for name, stage in stages.items():
+        body = stage.get("do", stage)
+        script = next(word for word in body["cmd"].split() if word.startswith("pipeline/"))
+        deps = [REPO / dep for dep in body["deps"] if "${" not in dep]
+        assert REPO / script in deps, name
+        for file in _project_files(REPO / script):
+            if file.name == "__init__.py" and not file.read_text().strip():
+                continue  # an empty package marker runs no code
+            assert any(file == dep or dep in file.parents for dep in deps), f"{name}: {file.relative_to(REPO)}"
+
+
+def test_training_stages_share_one_definition_and_supervised_runs_ignore_the_threshold():
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    supervised, semi = stages["supervised"]["do"], stages["train"]["do"]
+    assert {key: value for key, value in supervised.items() if key != "params"} == \
+        {key: value for key, value in semi.items() if key != "params"}
+    assert semi["params"] == ["threshold", *supervised["params"]]
+
+
+def test_a_fresh_copy_of_the_committed_files_has_no_changed_dependency_parameter_or_result(tmp_path):
+    """What `dvc status` says on a fresh clone: code, params and git-tracked results match dvc.lock.
+    DVC-cached outputs (data, models) are absent from a clone without a remote, and may be."""
+    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, check=True,
+                            capture_output=True, text=True).stdout.split("\0")
+    for file in filter(None, listed):
+        if (REPO / file).is_file():
+            (tmp_path / file).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / file, tmp_path / file)
+    git(tmp_path, "init", "-q")
+    lock = yaml.safe_load((tmp_path / "dvc.lock").read_text())["stages"]
+    cached = {out["path"] for stage in lock.values() for out in stage.get("outs", [])
+              if not (tmp_path / out["path"]).exists()}
+    problems = []
+    for stage, changes in json.loads(dvc(tmp_path, "status", "--json").stdout).items():
+        for change in changes:
+            if not isinstance(change, dict):
+                problems.append(f"{stage}: {change}")
+                continue
+            for kind in ("changed deps", "changed outs"):
+                for path, status in change.get(kind, {}).items():
+                    if not (status == "deleted" and path in cached):
+                        problems.append(f"{stage}: {kind} {path} {status}")
+    assert not problems, "dvc.lock does not match the committed files; run `dvc repro`:\n" + "\n".join(problems)
