@@ -20,7 +20,7 @@ uv:  ## bootstrap uv from PyPI if it is missing
 params: install  ## regenerate params.yaml from conf/ (what `dvc exp run` does)
 	$(UV) run python -m fixmatch_bench.compose params.yaml
 
-baseline: install  ## measure the suite's spread (conf/spread.yaml) and write its baseline + tolerances (~50 min on 2 cores)
+baseline: install  ## measure the suite's spread (conf/spread.yaml) and write its baseline + tolerances (~45 min on 2 cores)
 	$(UV) run dvc repro split
 	$(UV) run python -m fixmatch_bench.spread
 

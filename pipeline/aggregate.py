@@ -9,10 +9,10 @@ import json
 from pathlib import Path
 
 from fixmatch_bench.core.config import expected_runs, load_params
+from fixmatch_bench.core.stage import run_stage
 from fixmatch_bench.report import plots, tables
 from fixmatch_bench.report.cells import aggregate_cells, collect_runs, summary
 from fixmatch_bench.report.published import load_published
-from fixmatch_bench.core.stage import run_stage
 
 
 def main() -> None:

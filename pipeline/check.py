@@ -13,11 +13,18 @@ import argparse
 from pathlib import Path
 
 from fixmatch_bench.core.config import expected_runs, load_params
-from fixmatch_bench.report.cells import aggregate_cells, collect_runs
-from fixmatch_bench.report.check import (Tolerance, baseline_references, check_against_reference,
-                                         check_ratio_to_supervised, load_baseline, paper_references, report)
-from fixmatch_bench.report.published import load_published
 from fixmatch_bench.core.stage import run_stage
+from fixmatch_bench.report.cells import aggregate_cells, collect_runs
+from fixmatch_bench.report.check import (
+    Tolerance,
+    baseline_references,
+    check_against_reference,
+    check_ratio_to_supervised,
+    load_baseline,
+    paper_references,
+    report,
+)
+from fixmatch_bench.report.published import load_published
 
 
 def main() -> int:

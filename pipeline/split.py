@@ -4,9 +4,9 @@ import argparse
 from pathlib import Path
 
 from fixmatch_bench.core.config import load_params, parse_cell
+from fixmatch_bench.core.stage import run_stage
 from fixmatch_bench.data.prepared import load_prepared
 from fixmatch_bench.data.splits import make_split, write_split
-from fixmatch_bench.core.stage import run_stage
 
 
 def main() -> None:

@@ -1,6 +1,6 @@
 """DVC stages `supervised@<cell>-supervised-<fold>` and `train@<cell>-<method>-<fold>`: train one run.
 
-Writes results/<run>/ (metrics.json, curves/) and models/<run>.pt (the EMA model's weights). Resumes from the run's
+Writes results/<run>/ (metrics.json, run.json, curves/) and models/<run>.pt (the EMA model's weights). Resumes from the run's
 checkpoint (outside the workspace, see checkpoints in params.yaml) after an
 interruption; SIGTERM/SIGINT write a checkpoint and exit with 128 + the signal number.
 The same script trains one run on N devices under
@@ -12,9 +12,9 @@ import sys
 from pathlib import Path
 
 from fixmatch_bench.core.config import find_run, load_params
-from fixmatch_bench.train.distributed import launch
 from fixmatch_bench.core.stage import run_stage
 from fixmatch_bench.train.checkpoint import CheckpointError
+from fixmatch_bench.train.distributed import launch
 from fixmatch_bench.train.trainer import Interrupted, NonFiniteLoss, StopRequest, stop_on_signals, train
 
 

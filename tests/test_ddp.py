@@ -133,7 +133,9 @@ def two_ranks(workspace):  # noqa: F811
     process = _torchrun(root, "fixmatch_cta_da", "ddp", {**params, "threshold": THRESHOLD})
     stdout, stderr = process.communicate(timeout=240)
     assert process.returncode == 0, stderr
-    return root, json.loads((root / "ddp/digits_20-fixmatch_cta_da-1/metrics.json").read_text()), stdout
+    folder = root / "ddp/digits_20-fixmatch_cta_da-1"
+    metrics = {**json.loads((folder / "run.json").read_text()), **json.loads((folder / "metrics.json").read_text())}
+    return root, metrics, stdout
 
 
 def test_two_ranks_follow_one_process_with_the_same_per_rank_batchnorm_groups(
@@ -156,7 +158,7 @@ def test_only_rank_0_writes_and_every_rank_holds_the_same_state(two_ranks):
     assert sorted(path.name for path in (root / "ddp").iterdir()) == ["digits_20-fixmatch_cta_da-1",
                                                                      "digits_20-fixmatch_cta_da-1.pt"]
     assert sorted(path.name for path in (root / "ddp/digits_20-fixmatch_cta_da-1").iterdir()) == ["curves",
-                                                                                               "metrics.json"]
+                                                                                               "metrics.json", "run.json"]
     (checkpoint,) = (root / "checkpoints/ddp").iterdir()
     assert sorted(path.name for path in checkpoint.iterdir()) == ["state.pt"]
     assert metrics["evaluations"] == 3 and _state(root, "ddp")["finished"]

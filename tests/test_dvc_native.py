@@ -6,8 +6,12 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import shutil
+import signal
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -39,6 +43,30 @@ def test_returning_to_a_parameter_set_restores_every_run_from_the_run_cache(mini
     assert "error " not in output  # the trainer prints "<run>: error x %" whenever it runs
     assert (repo / "reports/results.csv").read_text() == first_table
     assert (repo / "models/digits_20-fixmatch_ra-1.pt").stat().st_size > 0  # the EMA weights came back too
+
+
+def test_an_interrupted_temp_experiment_resumes_from_its_checkpoint_when_run_again(tmp_path, monkeypatch):
+    """`dvc exp run --temp` trains in a throw-away copy of the repository: the checkpoint outlives it."""
+    checkpoints = tmp_path / "checkpoints"
+    monkeypatch.setenv("FIXMATCH_CHECKPOINTS", str(checkpoints))
+    longer = MINI_SUITE.replace("steps: 24", "steps: 3000").replace("eval_every: 8", "eval_every: 1000")
+    repo = repo_on_suite(tmp_path / "repo", "mini", longer.replace("checkpoint_every: 16", "checkpoint_every: 8"))
+    command = [sys.executable, "-m", "dvc", "exp", "run", "--temp", "-S", "threshold=0.6", "train@digits_20-fixmatch_ra-1"]
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    first = subprocess.Popen(command, cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 240
+    while not list(checkpoints.glob("digits_20-fixmatch_ra-1-*/state.pt")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    trainer = subprocess.run(["pgrep", "-f", "pipeline/train.py --run digits_20-fixmatch_ra-1"],
+                             capture_output=True, text=True).stdout.split()
+    assert trainer, first.communicate()[0]
+    os.kill(int(trainer[0]), signal.SIGTERM)
+    output = first.communicate(timeout=120)[0]
+    assert first.returncode != 0 and "stopped by SIGTERM at step" in output, output
+    again = dvc(repo, "exp", "run", "--temp", "-S", "threshold=0.6", "train@digits_20-fixmatch_ra-1")
+    resumed = [line for line in again.stdout.splitlines() if "digits_20-fixmatch_ra-1: resuming at step" in line]
+    assert len(resumed) == 1 and int(resumed[0].split("step ")[1].split()[0]) > 0, again.stdout
+    assert list(checkpoints.iterdir()) == []  # finished: its checkpoint folder is removed
 
 
 def test_every_runs_metrics_and_curves_are_declared(mini_repo):
@@ -76,6 +104,19 @@ def test_a_datasets_settings_change_only_its_own_stages_and_urls_are_not_params(
     assert "sources" in params and not {"datasets", "url", "md5"} & set(params["sources"])
     shown = dvc(repo, "exp", "show", "--csv").stdout.splitlines()[0]
     assert "url" not in shown and "md5" not in shown and "datasets.cifar10" not in shown
+
+
+def test_a_bad_value_fails_while_params_are_composed_before_any_stage_runs(mini_repo):
+    repo, _ = mini_repo
+    before = {path: path.read_bytes() for path in sorted(repo.glob("results/**/*.*")) + [repo / "params.yaml"]}
+    for override, message in (("threshold=1.5", "threshold = 1.5 (must be a number in [0.0, 1.0])"),
+                              ("folds=[]", "folds = [] (a non-empty list of distinct positive integers"),
+                              ("train.steps=0", "train.steps = 0 (must be an integer in [1, inf))")):
+        failed = dvc(repo, "exp", "run", "-S", override, check=False)
+        output = failed.stdout + failed.stderr
+        assert failed.returncode != 0 and f"invalid params: {message}" in output, output
+        assert "Running stage" not in output
+    assert {path: path.read_bytes() for path in before} == before  # no output lost, params.yaml untouched
 
 
 def _imports(path: Path, module: str) -> set[str]:

@@ -101,7 +101,8 @@ def test_every_run_records_the_hashes_of_its_split_and_prepared_data(paper_repo)
         info = json.loads((paper_repo / f"data/prepared/{dataset}/info.json").read_text())
         assert json.loads(split_path.read_text())["dataset_sha256"] == info["sha256"]
         for method in ("supervised", "fixmatch_ra"):
-            metrics = json.loads((paper_repo / f"results/{cell}-{method}-1/metrics.json").read_text())
+            metrics = json.loads((paper_repo / f"results/{cell}-{method}-1/run.json").read_text())
+            metrics |= json.loads((paper_repo / f"results/{cell}-{method}-1/metrics.json").read_text())
             assert metrics["split_sha256"] == hashlib.sha256(split_path.read_bytes()).hexdigest()
             assert metrics["dataset_sha256"] == info["sha256"]
             assert metrics["steps"] == TRAIN["steps"] and 0 <= metrics["error"] <= 100

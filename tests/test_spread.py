@@ -32,6 +32,16 @@ def test_tolerance_is_factor_times_the_pooled_spread_of_the_mean():
     assert cell["fold_std"] == pytest.approx(statistics.stdev([5.0, 6.2, 15.8]), abs=1e-4)
 
 
+def test_sigma_run_pools_every_measured_fold_and_the_mean_uses_the_suites_folds():
+    table = {1: [3.0, 9.0, 3.0], 2: [6.0, 6.4, 6.2], 3: [16.0, 15.6, 15.8]}
+    cell = cell_statistics(records("c_1-m", table, ["a", "b", "c"]), 3.0, 1.0, suite_folds=[1, 2])["c_1-m"]
+    sigma_run = math.sqrt(((4 + 16 + 4) + 0.08 + 0.08) / (3 * 2))  # all three folds
+    assert cell["sigma_run"] == pytest.approx(sigma_run, abs=1e-4) and cell["sigma_run_folds"] == 3
+    assert cell["sigma_mean"] == pytest.approx(sigma_run / math.sqrt(2), abs=1e-4) and cell["folds"] == 2
+    assert cell["mean"] == pytest.approx((5.0 + 6.2) / 2, abs=1e-4)
+    assert list(cell["errors"]) == [1, 2, 3]
+
+
 def test_without_spread_the_tolerance_is_the_floor():
     one = cell_statistics(records("c_1-m", {1: [5.0], 2: [7.0]}, ["pipeline"]), factor=3.0, floor=1.0)["c_1-m"]
     assert (one["tolerance"], one["sigma_run"]) == (1.0, None)
@@ -81,7 +91,7 @@ def test_an_interrupted_study_resumes_from_its_finished_runs(tmp_path):
                 "threads": 2, "wall_time_s": 1.0}
     partial.write_text(json.dumps({"key": _task_key(params, Run("digits", 20, "supervised", 1), plan.variations[0]),
                                    **recorded}) + "\n")
-    result = measure(params, plan, root / "prepared", root / "splits", partial)
+    result = measure(params, plan, root / "prepared", partial)
     assert result[0] == recorded  # taken from the partial file, not retrained
     assert result[1]["variation"] == "threads_1" and result[1]["threads"] == 1 and 0 <= result[1]["error"] <= 100
     assert len(partial.read_text().splitlines()) == 2  # the new run was recorded too

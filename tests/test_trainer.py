@@ -11,7 +11,6 @@ import torch
 import yaml
 
 from conftest import REPO, digits_workspace, wait_for_lines
-from fixmatch_bench.train.checkpoint import CheckpointError
 from fixmatch_bench.core.config import Run
 from fixmatch_bench.train.trainer import Interrupted, NonFiniteLoss, StopRequest, train
 
@@ -108,7 +107,8 @@ def test_sigterm_to_a_real_training_process_checkpoints_and_the_rerun_resumes(wo
 
     finished = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert finished.returncode == 0, finished.stderr
-    resumed = json.loads((root / "sigterm/digits_20-fixmatch_ra-1/metrics.json").read_text())
+    folder = root / "sigterm/digits_20-fixmatch_ra-1"
+    resumed = {**json.loads((folder / "run.json").read_text()), **json.loads((folder / "metrics.json").read_text())}
     reference = _train(workspace, "sigterm_reference", "fixmatch_ra", params=longer)
     (root / "sigterm/curves").symlink_to(root / "sigterm/digits_20-fixmatch_ra-1/curves")
     _assert_same_run(workspace, "sigterm_reference", "sigterm", reference, resumed)

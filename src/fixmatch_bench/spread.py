@@ -18,8 +18,10 @@ run in a fresh process as a DVC stage would be, and writes to
 
 Tolerance of a cell: ``max(check.floor, factor × σ_mean)``. ``σ_run`` is the
 pooled standard deviation of one fold's error across variations (each fold
-around its own mean, ``V − 1`` degrees of freedom per fold), and ``σ_mean =
-σ_run / √folds`` that of the cell's mean over independent folds. The
+around its own mean, ``V − 1`` degrees of freedom per fold), estimated on the
+plan's ``folds`` (more than the suite runs, for a steadier estimate; the study
+draws their splits itself), and ``σ_mean = σ_run / √folds`` that of the cell's
+mean over the suite's independent folds. The
 fold-to-fold spread is recorded beside it: it is what separates folds, not what
 moves one fold between machines, so it does not widen the tolerance.
 """
@@ -44,7 +46,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from .core.config import ParamsError, Run, expected_runs, load_params, validate_params
+from .core.config import ParamsError, Run, expected_runs, load_params, parse_cell, validate_params
 from .core.progress import progress
 
 VARIATIONS_FILE = Path("conf/spread.yaml")
@@ -62,8 +64,12 @@ class Variation:
 
 @dataclass(frozen=True)
 class SpreadPlan:
+    """The variations, the factor on σ_mean, and the folds trained to estimate σ_run
+    (empty: the suite's own folds)."""
+
     factor: float
     variations: tuple[Variation, ...]
+    folds: tuple[int, ...] = ()
 
 
 def load_plan(path: str | Path = VARIATIONS_FILE, only: Sequence[str] = ()) -> SpreadPlan:
@@ -87,7 +93,20 @@ def load_plan(path: str | Path = VARIATIONS_FILE, only: Sequence[str] = ()) -> S
     chosen = tuple(v for v in variations if not only or v.name in only)
     if not chosen:
         raise ParamsError(f"invalid spread plan {path}: no variations")
-    return SpreadPlan(float(factor), chosen)
+    folds = raw.get("folds") or []
+    if not isinstance(folds, list) or not all(isinstance(f, int) and not isinstance(f, bool) and f >= 1 for f in folds):
+        raise ParamsError(f"invalid spread plan {path}: folds = {folds!r} (a list of split seeds >= 1, or absent)")
+    return SpreadPlan(float(factor), chosen, tuple(folds))
+
+
+def spread_folds(plan: SpreadPlan, params: dict) -> list[int]:
+    """The folds the study trains: the plan's, which must include every fold of the suite."""
+    if not plan.folds:
+        return list(params["folds"])
+    missing = sorted(set(params["folds"]) - set(plan.folds))
+    if missing:
+        raise ParamsError(f"invalid spread plan: folds {list(plan.folds)} lack the suite's folds {missing}")
+    return list(plan.folds)
 
 
 def apply_overrides(params: dict, overrides: Mapping[str, Any]) -> dict:
@@ -106,7 +125,7 @@ def apply_overrides(params: dict, overrides: Mapping[str, Any]) -> dict:
 
 
 def _train_run(params: dict, run: Run, variation: Variation, prepared: Path, splits: Path) -> dict:
-    """Train one run in this (fresh) worker process and return its record."""
+    """Train one run in this (fresh) worker process and return its record (``splits``: the study's own)."""
     import torch
 
     from .train.trainer import train
@@ -120,21 +139,41 @@ def _train_run(params: dict, run: Run, variation: Variation, prepared: Path, spl
             "threads": torch.get_num_threads(), "wall_time_s": metrics["wall_time_s"]}
 
 
+# Which runs a suite lists, not how one run computes: left out of a record's key.
+SUITE_LISTS = ("data", "cells", "ssl_methods", "da_cells", "folds", "runs")
+
+
 def _task_key(params: dict, run: Run, variation: Variation) -> str:
     """What a finished record stands for: the run, its params after the overrides, its thread count."""
-    text = json.dumps([params, run.key, variation.threads], sort_keys=True, default=str)
+    computing = {key: value for key, value in params.items() if key not in SUITE_LISTS}
+    text = json.dumps([computing, run.key, variation.threads], sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def measure(params: dict, plan: SpreadPlan, prepared: Path, splits: Path, partial: Path) -> list[dict]:
-    """Every expected run under every variation, one at a time, each in a fresh process (as a DVC stage).
+def write_splits(params: dict, folds: Sequence[int], prepared: Path, out: Path) -> Path:
+    """The labeled splits of every cell on ``folds``, drawn as the split stage draws them."""
+    from .data.prepared import load_prepared
+    from .data.splits import make_split, write_split
+
+    for cell in params["cells"]:
+        dataset, labels = parse_cell(cell, params["datasets"])
+        for fold in folds:
+            write_split(make_split(load_prepared(prepared / dataset), labels, fold), out / f"{cell}-{fold}.json")
+    return out
+
+
+def measure(params: dict, plan: SpreadPlan, prepared: Path, partial: Path) -> list[dict]:
+    """Every run of the suite, on the plan's folds, under every variation, one at a time, each in
+    a fresh process (as a DVC stage).
 
     One run at a time: two runs side by side would share the cores and change
     nothing but the time (OpenMP threads of two processes on the same cores
     slow both down severalfold). Each finished run is appended to ``partial``,
     and a rerun after an interruption skips the runs recorded there.
     """
-    tasks = [(apply_overrides(params, v.overrides), run, v) for v in plan.variations for run in expected_runs(params)]
+    folds = spread_folds(plan, params)
+    runs = expected_runs({**params, "folds": folds})
+    tasks = [(apply_overrides(params, v.overrides), run, v) for v in plan.variations for run in runs]
     keys = [_task_key(p, run, v) for p, run, v in tasks]
     done = {}
     if partial.exists():
@@ -143,7 +182,8 @@ def measure(params: dict, plan: SpreadPlan, prepared: Path, splits: Path, partia
             done[record.pop("key")] = record
     context = multiprocessing.get_context("spawn")
     with progress(len(tasks), "spread", unit="run", initial=sum(key in done for key in keys)) as bar, \
-            partial.open("a") as log:
+            partial.open("a") as log, tempfile.TemporaryDirectory(prefix="spread-splits-") as splits:
+        splits = write_splits(params, folds, prepared, Path(splits))
         for key, (task_params, run, variation) in zip(keys, tasks):
             if key in done:
                 continue
@@ -157,8 +197,13 @@ def measure(params: dict, plan: SpreadPlan, prepared: Path, splits: Path, partia
     return [done[key] for key in keys]
 
 
-def cell_statistics(records: Sequence[Mapping[str, Any]], factor: float, floor: float) -> dict[str, dict]:
-    """Per cell: the mean over variations, σ_run, σ_mean, the fold-to-fold std and the tolerance."""
+def cell_statistics(records: Sequence[Mapping[str, Any]], factor: float, floor: float,
+                    suite_folds: Sequence[int] | None = None) -> dict[str, dict]:
+    """Per cell: the mean over variations, σ_run, σ_mean, the fold-to-fold std and the tolerance.
+
+    σ_run pools every recorded fold; the mean, σ_mean (= σ_run / √folds), the fold-to-fold
+    std and the variation means use the suite's folds (default: every recorded fold).
+    """
     cells: dict[str, dict[int, dict[str, float]]] = {}
     for record in records:
         cells.setdefault(record["cell"], {}).setdefault(record["fold"], {})[record["variation"]] = record["error"]
@@ -167,10 +212,15 @@ def cell_statistics(records: Sequence[Mapping[str, Any]], factor: float, floor: 
         variations = sorted({name for errors in folds.values() for name in errors})
         if any(set(errors) != set(variations) for errors in folds.values()):
             raise ValueError(f"spread: cell {cell} lacks some fold under some variation")
-        table = np.array([[folds[fold][name] for name in variations] for fold in sorted(folds)])  # folds x variations
-        n_folds, n_variations = table.shape
-        squares = float(((table - table.mean(axis=1, keepdims=True)) ** 2).sum())
-        sigma_run = math.sqrt(squares / (n_folds * (n_variations - 1))) if n_variations > 1 else None
+        every = np.array([[folds[fold][name] for name in variations] for fold in sorted(folds)])  # folds x variations
+        squares = float(((every - every.mean(axis=1, keepdims=True)) ** 2).sum())
+        n_variations = every.shape[1]
+        sigma_run = math.sqrt(squares / (every.shape[0] * (n_variations - 1))) if n_variations > 1 else None
+        chosen = sorted(folds) if suite_folds is None else sorted(suite_folds)
+        if not set(chosen) <= set(folds):
+            raise ValueError(f"spread: cell {cell} lacks the suite's folds {sorted(set(chosen) - set(folds))}")
+        table = np.array([[folds[fold][name] for name in variations] for fold in chosen])
+        n_folds = table.shape[0]
         sigma_mean = sigma_run / math.sqrt(n_folds) if sigma_run is not None else None
         variation_means = table.mean(axis=0)
         mean = float(variation_means.mean())
@@ -182,6 +232,7 @@ def cell_statistics(records: Sequence[Mapping[str, Any]], factor: float, floor: 
             "fold_std": round(float(np.std(table.mean(axis=1), ddof=1)), 4) if n_folds > 1 else None,
             "largest_shift": round(float(np.abs(variation_means - mean).max()), 4),
             "folds": n_folds,
+            "sigma_run_folds": every.shape[0],
             "variations": n_variations,
             "variation_means": {name: round(float(value), 4) for name, value in zip(variations, variation_means)},
             "errors": {fold: folds[fold] for fold in sorted(folds)},
@@ -203,13 +254,16 @@ def machine() -> dict[str, Any]:
             "python": platform.python_version(), "platform": platform.platform()}
 
 
-def write_outputs(suite: str, plan: SpreadPlan, floor: float, records: list[dict], out_dir: Path) -> dict[str, Path]:
+def write_outputs(suite: str, plan: SpreadPlan, floor: float, records: list[dict], out_dir: Path,
+                  suite_folds: Sequence[int]) -> dict[str, Path]:
     """The baseline, the raw spread, its table and its figure, side by side in ``out_dir``."""
     from .report.spread_figure import spread_figure, spread_markdown
 
-    statistics = cell_statistics(records, plan.factor, floor)
+    statistics = cell_statistics(records, plan.factor, floor, suite_folds)
+    estimated_on = sorted({record["fold"] for record in records})
     rule = (f"tolerance = max(check.floor = {floor:g}, factor = {plan.factor:g} x sigma_mean); sigma_mean = "
-            "sigma_run / sqrt(folds); sigma_run = pooled std of a fold's error across variations")
+            f"sigma_run / sqrt(folds), over the suite's folds {list(suite_folds)}; sigma_run = pooled std of a "
+            f"fold's error across variations, over folds {estimated_on}")
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {name: out_dir / f"{suite}{suffix}" for name, suffix in
              (("baseline", ".json"), ("spread", "_spread.json"), ("table", "_spread.md"), ("figure", "_spread.png"))}
@@ -232,7 +286,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--plan", type=Path, default=VARIATIONS_FILE, help="variations and factor")
     parser.add_argument("--only", nargs="+", default=(), metavar="VARIATION", help="run only these variations")
     parser.add_argument("--prepared", type=Path, default=Path("data/prepared"))
-    parser.add_argument("--splits", type=Path, default=Path("data/splits"))
     parser.add_argument("--out-dir", type=Path, default=BASELINES)
     args = parser.parse_args(argv)
     try:
@@ -242,8 +295,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             apply_overrides(params, variation.overrides)
         args.out_dir.mkdir(parents=True, exist_ok=True)
         partial = args.out_dir / f"{params['suite_name']}_spread.partial.jsonl"
-        records = measure(params, plan, args.prepared, args.splits, partial)
-        paths = write_outputs(params["suite_name"], plan, params["check"]["floor"], records, args.out_dir)
+        records = measure(params, plan, args.prepared, partial)
+        paths = write_outputs(params["suite_name"], plan, params["check"]["floor"], records, args.out_dir,
+                              params["folds"])
         partial.unlink()
     except (ParamsError, FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -1,21 +1,23 @@
 """Hydra loads every module of the ``hydra_plugins`` namespace when it starts, also inside
-``dvc exp run``: this one registers the resolvers that conf/config.yaml uses.
+``dvc exp run``: this one registers the resolver that conf/config.yaml uses.
 
-``${fixmatch_runs:${cells},${ssl_methods},${da_cells},${folds},${datasets}}`` expands the
-suite's lists into the table of runs that dvc.yaml iterates over
-(:func:`fixmatch_bench.core.config.run_table`); a bad cell or fold fails the composition,
-before DVC touches any output.
+``runs: ${fixmatch_runs:}`` validates the composed configuration (every key the pipeline
+reads, with one line naming a bad one) and expands the suite's cells, methods and folds
+into the table of runs that dvc.yaml iterates over
+(:func:`fixmatch_bench.core.config.run_table`). So `dvc exp run -S threshold=1.5` fails
+while params.yaml is composed, before DVC touches any stage or output.
 """
 
 from omegaconf import OmegaConf
 
-from fixmatch_bench.core.config import run_table
+from fixmatch_bench.core.config import run_table, validate_params
 
 
-def _fixmatch_runs(cells, ssl_methods, da_cells, folds, datasets):
-    as_lists = OmegaConf.to_container(OmegaConf.create({
-        "cells": cells, "ssl_methods": ssl_methods, "da_cells": da_cells, "folds": folds, "datasets": datasets}))
-    return OmegaConf.create(run_table(as_lists))  # a container: OmegaConf.resolve cannot store a plain dict
+def _fixmatch_runs(*, _root_):
+    params = OmegaConf.to_container(_root_, resolve=False)
+    params.pop("runs")  # the node being resolved; nothing else in conf/ interpolates
+    validate_params(params)
+    return OmegaConf.create(run_table(params))  # a container: OmegaConf.resolve cannot store a plain dict
 
 
 OmegaConf.register_new_resolver("fixmatch_runs", _fixmatch_runs, replace=True)

@@ -174,17 +174,17 @@ def validate_params(params: dict) -> None:
         _fail("da_cells", da_cells, "a list of cells (possibly empty)")
     for cell in da_cells:
         _choice(cell, "da_cells", cells)
-    if params.get("runs") != run_table(params):
-        _fail("runs", "...", "does not match cells, ssl_methods, da_cells and folds; params.yaml is generated "
-                             "from conf/: edit conf/ and run `make params`, or use `dvc exp run -S key=value`")
     _validate_checkpoints(params)
 
 
 def load_params(path: str | Path = "params.yaml") -> dict:
-    """Read and validate the params file."""
+    """Read and validate the params file, including its table of runs."""
     with open(path) as handle:
         params = yaml.safe_load(handle)
     validate_params(params)
+    if params.get("runs") != run_table(params):
+        _fail("runs", "...", "does not match cells, ssl_methods, da_cells and folds; params.yaml is generated "
+                             "from conf/: edit conf/ and run `make params`, or use `dvc exp run -S key=value`")
     return params
 
 
@@ -209,6 +209,7 @@ def run_table(params: dict) -> dict:
     ``datasets.<its dataset>`` and ``methods.<its method>`` only (a ``matrix`` over cells
     cannot name a cell's dataset). The ``fixmatch_runs`` resolver
     (src/hydra_plugins/fixmatch_bench_resolvers.py) writes it whenever conf/ is composed.
+    ``params`` must have passed :func:`validate_params`.
     """
     table: dict[str, dict[str, list]] = {"supervised": {}, "semi_supervised": {}}
     for run in expected_runs(params):

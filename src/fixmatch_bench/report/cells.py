@@ -18,7 +18,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-METRICS_FILE = "metrics.json"
+METRICS_FILE = "metrics.json"  # what the run measured (DVC metrics)
+RUN_FILE = "run.json"  # what it was and how it ran (identity, steps, timing, device, hashes)
 _REQUIRED_METRICS = {
     "run": str, "dataset": str, "labels": int, "method": str, "fold": int,
     "error": float, "median_of_last": int, "steps": int, "wall_time_s": float,
@@ -84,17 +85,26 @@ def _check_type(path: Path, field: str, value: Any, kind: type) -> None:
         raise ResultsError(f"{path}: field {field!r} = {value!r} is invalid; expected {kind.__name__}")
 
 
-def load_run(run: RunLike, results_dir: str | Path) -> RunResult | None:
-    """The finished run's metrics, or ``None`` when its folder or ``metrics.json`` is absent."""
-    path = Path(results_dir) / run_dir_name(run) / METRICS_FILE
-    if not path.is_file():
-        return None
+def _read_object(path: Path) -> dict:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise ResultsError(f"{path}: not valid JSON ({exc})") from exc
     if not isinstance(data, dict):
         raise ResultsError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def load_run(run: RunLike, results_dir: str | Path) -> RunResult | None:
+    """The finished run's metrics (``metrics.json`` with ``run.json`` beside it, when there is one),
+    or ``None`` when its folder or ``metrics.json`` is absent."""
+    path = Path(results_dir) / run_dir_name(run) / METRICS_FILE
+    if not path.is_file():
+        return None
+    data = {}
+    for source in (path.with_name(RUN_FILE), path):
+        if source.is_file():
+            data.update(_read_object(source))
     for field, kind in _REQUIRED_METRICS.items():
         if field not in data:
             raise ResultsError(f"{path}: field {field!r} is missing")

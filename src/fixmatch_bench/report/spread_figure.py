@@ -34,9 +34,10 @@ def spread_markdown(spread: Mapping[str, Any]) -> str:
             lines.append(f"| {fold} | " + " | ".join(_number(by_variation.get(name)) for name in names) + " |")
         lines.append("| mean | " + " | ".join(_number(stats["variation_means"].get(name)) for name in names) + " |")
         lines += ["", f"Baseline {stats['mean']:.2f} ± {stats['tolerance']:.2f} (tolerance); "
-                      f"σ_run {_number(stats['sigma_run'])}, σ_mean {_number(stats['sigma_mean'])}, "
+                      f"σ_run {_number(stats['sigma_run'])} (over {stats['sigma_run_folds']} folds), "
+                      f"σ_mean {_number(stats['sigma_mean'])} (over the suite's {stats['folds']}), "
                       f"largest shift of a variation's mean {stats['largest_shift']:.2f}, "
-                      f"fold-to-fold std {_number(stats['fold_std'])} over {stats['folds']} folds."]
+                      f"fold-to-fold std {_number(stats['fold_std'])}."]
     return "\n".join(lines) + "\n"
 
 

@@ -52,6 +52,7 @@ from torch import Tensor, nn
 
 from ..core.speed_options import SpeedOptions
 
+
 class FastForward(nn.Module):
     """``module``'s forward with the input in the model's memory format and optional bf16 autocast.
 

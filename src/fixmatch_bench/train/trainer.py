@@ -27,9 +27,12 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from ..core.config import Run
+from ..core.progress import progress as progress_bar
+from ..data.prepared import load_prepared
+from ..data.splits import read_split
 from .augment import make_augmenter
 from .checkpoint import checkpoint_root, load_for_resume, run_checkpoint_dir, save_atomically, save_checkpoint
-from ..core.config import Run
 from .curves import Curves
 from .distributed import SINGLE_PROCESS, World
 from .distribution_alignment import DistributionAlignment
@@ -37,11 +40,8 @@ from .ema import ModelEMA
 from .evaluation import accuracy, reported_error, to_model_input
 from .fixmatch import Batch, fixmatch_loss
 from .optim import cosine_lr, make_optimizer, set_lr
-from ..data.prepared import load_prepared
-from ..core.progress import progress as progress_bar
 from .sampling import IndexStream
 from .speed import SpeedOptions, StepFunctions, fast_forward, prepare_model
-from ..data.splits import read_split
 from .wide_resnet import WideResNet
 
 # Settings that change how a run is executed or logged but not what it computes.
@@ -241,14 +241,18 @@ class Window:
         self.first_bad_step = None if state["first_bad_step"] is None else state["first_bad_step"].to(device)
 
 
-METRICS_FILE, CURVES_DIR = "metrics.json", "curves"
+METRICS_FILE, RUN_FILE, CURVES_DIR = "metrics.json", "run.json", "curves"
+# What a run measured (DVC metrics, one column each in `dvc exp show`); the rest of the
+# returned metrics (identity, steps, timing, device, hashes) goes to run.json.
+MEASURED = ("error", "error_last", "error_best", "mask_rate", "pseudo_label_accuracy")
 
 
 def train(params: dict, run: Run, data_dir: Path, split_path: Path, out_dir: Path,
           stop: StopRequest | None = None, progress: bool = True, world: World | None = None,
           model_path: Path | None = None) -> dict:
-    """Train one run to completion (resuming if possible), write its curves and metrics to
-    ``out_dir`` and the EMA model's weights to ``model_path``, and return its metrics.
+    """Train one run to completion (resuming if possible), write its curves, ``metrics.json``
+    (what it measured) and ``run.json`` (the rest) to ``out_dir`` and the EMA model's weights
+    to ``model_path``, and return all of it as one dict.
 
     ``world`` is this process's rank under torchrun (:mod:`.distributed`); every rank
     returns the same metrics (timings aside), rank 0 alone writes outputs and checkpoints.
@@ -313,6 +317,8 @@ def train(params: dict, run: Run, data_dir: Path, split_path: Path, out_dir: Pat
         window.load_state_dict(state["window"], device)
         _set_rng_states(state["rng"])
         start_step, accuracies, elapsed = state["step"], list(state["accuracies"]), state["elapsed_s"]
+        if world.is_main:
+            print(f"{run.key}: resuming at step {start_step} of {hp['steps']} from {checkpoint_dir}", flush=True)
     curves = Curves(out_dir / CURVES_DIR if world.is_main else None, state["curves"] if state is not None else None)
 
     def checkpoint(step: int, finished: bool) -> None:
@@ -422,10 +428,17 @@ def train(params: dict, run: Run, data_dir: Path, split_path: Path, out_dir: Pat
         "dataset_sha256": data.dataset_sha256,
     }
     if world.is_main:
-        if model_path is not None:
-            save_atomically(model_path, ema.module.state_dict())
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
+        write_outputs(out_dir, metrics, ema.module.state_dict(), model_path)
         if not params["checkpoints"]["keep_finished"]:
             shutil.rmtree(checkpoint_dir)
     return metrics
+
+
+def write_outputs(out_dir: Path, metrics: dict, ema_weights: dict, model_path: Path | None) -> None:
+    """``metrics.json`` (what the run measured), ``run.json`` (the rest) and the EMA weights."""
+    if model_path is not None:
+        save_atomically(model_path, ema_weights)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    described = {key: value for key, value in metrics.items() if key not in MEASURED}
+    (out_dir / RUN_FILE).write_text(json.dumps(described, indent=2) + "\n")
+    (out_dir / METRICS_FILE).write_text(json.dumps({key: metrics[key] for key in MEASURED}, indent=2) + "\n")
