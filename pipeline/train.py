@@ -1,6 +1,6 @@
 """DVC stages `supervised@<cell>-supervised-<fold>` and `train@<cell>-<method>-<fold>`: train one run.
 
-Writes results/<run>/ (metrics.json, run.json, curves/) and models/<run>.pt (the EMA model's weights). Resumes from the run's
+Writes results/<run>/ (metrics.json, curves/) and models/<run>.pt (the EMA model's weights). Resumes from the run's
 checkpoint (outside the workspace, see checkpoints in params.yaml) after an
 interruption; SIGTERM/SIGINT write a checkpoint and exit with 128 + the signal number.
 The same script trains one run on N devices under
@@ -20,7 +20,8 @@ from fixmatch_bench.train.trainer import Interrupted, NonFiniteLoss, StopRequest
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--run", required=True, help="<cell>-<method>-<fold>, e.g. digits_20-fixmatch_ra-1")
+    # Positional: under `torchrun ... pipeline/train.py`, torchrun's parser would take --run for its --run-path.
+    parser.add_argument("run", help="<cell>-<method>-<fold>, e.g. digits_20-fixmatch_ra-1")
     parser.add_argument("--prepared", type=Path, default=Path("data/prepared"))
     parser.add_argument("--splits", type=Path, default=Path("data/splits"))
     parser.add_argument("--results", type=Path, default=Path("results"))

@@ -94,17 +94,18 @@ def test_reports_list_all_four_datasets(paper_repo):
         assert dataset in table
 
 
-def test_every_run_records_the_hashes_of_its_split_and_prepared_data(paper_repo):
+def test_every_runs_lock_entry_records_the_hashes_of_its_split_and_prepared_data(paper_repo):
+    lock = yaml.safe_load((paper_repo / "dvc.lock").read_text())["stages"]
     for cell in CELLS:
         dataset = cell.rsplit("_", 1)[0]
         split_path = paper_repo / f"data/splits/{cell}-1.json"
         info = json.loads((paper_repo / f"data/prepared/{dataset}/info.json").read_text())
         assert json.loads(split_path.read_text())["dataset_sha256"] == info["sha256"]
-        for method in ("supervised", "fixmatch_ra"):
-            metrics = json.loads((paper_repo / f"results/{cell}-{method}-1/run.json").read_text())
-            metrics |= json.loads((paper_repo / f"results/{cell}-{method}-1/metrics.json").read_text())
-            assert metrics["split_sha256"] == hashlib.sha256(split_path.read_bytes()).hexdigest()
-            assert metrics["dataset_sha256"] == info["sha256"]
+        for stage in (f"supervised@{cell}-supervised-1", f"train@{cell}-fixmatch_ra-1"):
+            deps = {dep["path"]: dep for dep in lock[stage]["deps"]}
+            assert deps[f"data/splits/{cell}-1.json"]["md5"] == hashlib.md5(split_path.read_bytes()).hexdigest()
+            assert deps[f"data/prepared/{dataset}"]["md5"].endswith(".dir")
+            metrics = json.loads((paper_repo / f"results/{stage.split('@')[1]}/metrics.json").read_text())
             assert metrics["steps"] == TRAIN["steps"] and 0 <= metrics["error"] <= 100
 
 

@@ -17,6 +17,7 @@ from fixmatch_bench.report.check import (Tolerance, baseline_references, check_a
 from fixmatch_bench.data.prepared import load_prepared
 from fixmatch_bench.data.splits import make_split, write_split
 from fixmatch_bench.train.trainer import train
+from fixmatch_bench.spread import load_plan
 
 BASELINE = REPO / "reports/baseline/quick.json"
 SPREAD = json.loads((REPO / "reports/baseline/quick_spread.json").read_text())
@@ -27,7 +28,7 @@ def variation_cells(variation: str) -> list[CellResult]:
     """The cells of the suite as one variation of the spread study measured them."""
     cells: dict[str, dict[int, float]] = {}
     for record in SPREAD["runs"]:
-        if record["variation"] == variation:
+        if record["variation"] == variation and record["fold"] in PARAMS["folds"]:
             cells.setdefault(record["cell"], {})[record["fold"]] = record["error"]
     result = []
     for key, errors in cells.items():
@@ -49,7 +50,9 @@ def test_the_baseline_is_the_spread_study_of_the_committed_suite():
     baseline = load_baseline(BASELINE)
     assert baseline["suite"] == PARAMS["suite_name"]
     ran = {(record["cell"], record["fold"]) for record in SPREAD["runs"]}
-    assert ran == {(run.name, run.fold) for run in expected_runs(PARAMS)}
+    study_folds = load_plan(REPO / "conf/spread.yaml").folds
+    assert set(PARAMS["folds"]) <= set(study_folds)
+    assert ran == {(run.name, run.fold) for run in expected_runs({**PARAMS, "folds": list(study_folds)})}
     for key, cell in baseline["cells"].items():
         assert cell["mean"] == SPREAD["statistics"][key]["mean"]
         assert cell["tolerance"] == SPREAD["statistics"][key]["tolerance"] >= PARAMS["check"]["floor"]

@@ -18,12 +18,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
-METRICS_FILE = "metrics.json"  # what the run measured (DVC metrics)
-RUN_FILE = "run.json"  # what it was and how it ran (identity, steps, timing, device, hashes)
+METRICS_FILE = "metrics.json"
 _REQUIRED_METRICS = {
-    "run": str, "dataset": str, "labels": int, "method": str, "fold": int,
-    "error": float, "median_of_last": int, "steps": int, "wall_time_s": float,
-    "steps_per_s": float, "device": str,
+    "error": float, "median_of_last": int, "steps": int, "wall_time_s": float, "steps_per_s": float, "device": str,
 }
 
 
@@ -96,22 +93,21 @@ def _read_object(path: Path) -> dict:
 
 
 def load_run(run: RunLike, results_dir: str | Path) -> RunResult | None:
-    """The finished run's metrics (``metrics.json`` with ``run.json`` beside it, when there is one),
-    or ``None`` when its folder or ``metrics.json`` is absent."""
+    """The finished run's metrics, or ``None`` when its folder or ``metrics.json`` is absent.
+
+    The run is the folder's; identity fields in the file, where an older file has them, must match it.
+    """
     path = Path(results_dir) / run_dir_name(run) / METRICS_FILE
     if not path.is_file():
         return None
-    data = {}
-    for source in (path.with_name(RUN_FILE), path):
-        if source.is_file():
-            data.update(_read_object(source))
+    data = _read_object(path)
     for field, kind in _REQUIRED_METRICS.items():
         if field not in data:
             raise ResultsError(f"{path}: field {field!r} is missing")
         _check_type(path, field, data[field], kind)
     expected = {"dataset": run.dataset, "labels": run.labels, "method": run.method, "fold": run.fold}
     for field, value in expected.items():
-        if data[field] != value:
+        if field in data and data[field] != value:
             raise ResultsError(f"{path}: field {field!r} = {data[field]!r} does not match the run folder ({value!r})")
     optional = {}
     for field in ("mask_rate", "pseudo_label_accuracy"):

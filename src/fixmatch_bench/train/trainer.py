@@ -241,18 +241,19 @@ class Window:
         self.first_bad_step = None if state["first_bad_step"] is None else state["first_bad_step"].to(device)
 
 
-METRICS_FILE, RUN_FILE, CURVES_DIR = "metrics.json", "run.json", "curves"
-# What a run measured (DVC metrics, one column each in `dvc exp show`); the rest of the
-# returned metrics (identity, steps, timing, device, hashes) goes to run.json.
-MEASURED = ("error", "error_last", "error_best", "mask_rate", "pseudo_label_accuracy")
+METRICS_FILE, CURVES_DIR = "metrics.json", "curves"
+# What metrics.json records (DVC metrics: one column each per run in `dvc exp show`): what the
+# run measured and what it cost. Which run it is, its data and its settings are in dvc.lock.
+RECORDED = ("error", "error_last", "error_best", "mask_rate", "pseudo_label_accuracy", "median_of_last", "steps",
+            "wall_time_s", "steps_per_s", "device")
 
 
 def train(params: dict, run: Run, data_dir: Path, split_path: Path, out_dir: Path,
           stop: StopRequest | None = None, progress: bool = True, world: World | None = None,
           model_path: Path | None = None) -> dict:
-    """Train one run to completion (resuming if possible), write its curves, ``metrics.json``
-    (what it measured) and ``run.json`` (the rest) to ``out_dir`` and the EMA model's weights
-    to ``model_path``, and return all of it as one dict.
+    """Train one run to completion (resuming if possible), write its curves and ``metrics.json``
+    to ``out_dir`` and the EMA model's weights to ``model_path``, and return its metrics
+    (those of ``metrics.json`` and more: the run, its hashes, its speed options).
 
     ``world`` is this process's rank under torchrun (:mod:`.distributed`); every rank
     returns the same metrics (timings aside), rank 0 alone writes outputs and checkpoints.
@@ -435,10 +436,8 @@ def train(params: dict, run: Run, data_dir: Path, split_path: Path, out_dir: Pat
 
 
 def write_outputs(out_dir: Path, metrics: dict, ema_weights: dict, model_path: Path | None) -> None:
-    """``metrics.json`` (what the run measured), ``run.json`` (the rest) and the EMA weights."""
+    """``metrics.json`` (the :data:`RECORDED` fields) and the EMA weights."""
     if model_path is not None:
         save_atomically(model_path, ema_weights)
     out_dir.mkdir(parents=True, exist_ok=True)
-    described = {key: value for key, value in metrics.items() if key not in MEASURED}
-    (out_dir / RUN_FILE).write_text(json.dumps(described, indent=2) + "\n")
-    (out_dir / METRICS_FILE).write_text(json.dumps({key: metrics[key] for key in MEASURED}, indent=2) + "\n")
+    (out_dir / METRICS_FILE).write_text(json.dumps({key: metrics[key] for key in RECORDED}, indent=2) + "\n")
