@@ -11,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from fixmatch_bench.core.config import find_run, load_params
+from fixmatch_bench.core.config import load_params, parse_run
 from fixmatch_bench.core.stage import run_stage
 from fixmatch_bench.train.checkpoint import CheckpointError
 from fixmatch_bench.train.distributed import launch
@@ -29,7 +29,7 @@ def main() -> int:
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args()
     params = load_params(args.params)
-    run = find_run(params, args.run)
+    run = parse_run(args.run, params)
     with launch(params["train"]["device"]) as world, stop_on_signals(StopRequest()) as stop:
         try:
             metrics = train(params, run, args.prepared / run.dataset, args.splits / f"{run.cell}-{run.fold}.json",

@@ -1,10 +1,12 @@
 import copy
+import subprocess
+import sys
 
 import pytest
 import yaml
 
 from fixmatch_bench.compose import compose
-from fixmatch_bench.core.config import ParamsError, expected_runs, validate_params
+from fixmatch_bench.core.config import ParamsError, Run, expected_runs, load_params, parse_run, run_table, validate_params
 from conftest import REPO
 
 
@@ -69,3 +71,31 @@ def test_each_bad_value_is_rejected_with_its_message(params, key, value, message
 
 def test_the_committed_params_are_valid(params):
     validate_params(params)
+
+
+def test_a_run_key_names_any_cell_method_and_fold_of_the_tables(params):
+    assert parse_run("digits_20-fixmatch_cta_da-4", params) == Run("digits", 20, "fixmatch_cta_da", 4)
+    for key, message in (("digits_20-fixmatch_ra", "expected <cell>-<method>-<fold>"),
+                         ("digits_20-fixmatch_xx-1", "run digits_20-fixmatch_xx-1: method = 'fixmatch_xx'"),
+                         ("mnist_20-supervised-1", "run: dataset of mnist_20 = 'mnist'")):
+        with pytest.raises(ParamsError, match=message):
+            parse_run(key, params)
+
+
+def test_the_runs_table_follows_the_suites_lists_and_a_stale_one_is_refused(params, tmp_path):
+    assert params["runs"] == run_table(params)
+    assert list(params["runs"]["supervised"]) == [f"digits_20-supervised-{fold}" for fold in params["folds"]]
+    assert params["runs"]["semi_supervised"]["digits_20-fixmatch_cta-2"] == ["digits", "fixmatch_cta", "digits_20-2"]
+    stale = copy.deepcopy(params)
+    stale["folds"] = [1]
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(stale))
+    with pytest.raises(ParamsError, match="runs = '...' .does not match cells, ssl_methods, da_cells and folds; "
+                                          "params.yaml is generated from conf/"):
+        load_params(tmp_path / "params.yaml")
+
+
+def test_composing_a_bad_value_fails_with_one_line_and_writes_nothing(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "fixmatch_bench.compose", str(tmp_path / "p.yaml"), "threshold=1.5"],
+                          cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 2 and not (tmp_path / "p.yaml").exists()
+    assert done.stderr == "error: invalid params: threshold = 1.5 (must be a number in [0.0, 1.0])\n"

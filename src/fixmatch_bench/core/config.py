@@ -218,9 +218,12 @@ def run_table(params: dict) -> dict:
     return table
 
 
-def find_run(params: dict, key: str) -> Run:
-    """The run named ``key`` (``digits_20-fixmatch_ra-1``) among those the params ask for."""
-    runs = {run.key: run for run in expected_runs(params)}
-    if key not in runs:
-        _fail("run", key, f"not a run of this suite; runs: {', '.join(runs)}")
-    return runs[key]
+def parse_run(key: str, params: dict) -> Run:
+    """The run named ``key``, ``<cell>-<method>-<fold>`` (``digits_20-fixmatch_ra-1``): any cell of the
+    dataset table, any method of ``methods``, any fold, whether or not the suite lists it."""
+    parts = str(key).split("-")
+    if len(parts) != 3 or not parts[2].isdigit() or int(parts[2]) < 1:
+        _fail("run", key, "expected <cell>-<method>-<fold>, e.g. digits_20-fixmatch_ra-1")
+    dataset, labels = parse_cell(parts[0], params["datasets"], key="run")
+    _choice(parts[1], f"run {key}: method", sorted(params["methods"]))
+    return Run(dataset, labels, parts[1], int(parts[2]))
