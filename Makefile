@@ -5,8 +5,9 @@ UV ?= $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
 
 .PHONY: quick test install uv params baseline bench paper
 
-quick: install  ## install everything, then run the DVC pipeline (quick suite)
+quick: install  ## install everything, run the DVC pipeline (quick suite), fail if its check failed
 	$(UV) run dvc repro
+	$(UV) run python pipeline/check.py --strict
 
 test: install  ## run the test suite
 	$(UV) run pytest -q

@@ -1,4 +1,4 @@
-"""DVC stage `check`: fail if the suite's table regressed against its reference.
+"""DVC stage `check`: the verdict on the suite's table against its reference.
 
 Paper suite: every cell against the published number, within
 max(check.std_factor x published std, check.floor). Quick suite: every cell
@@ -7,9 +7,15 @@ tolerance derived from the measured spread (written only by `make baseline`),
 and each semi-supervised method at the smallest label count must reach at most
 check.max_ratio_to_supervised of the supervised-only error.
 Cells with fewer finished folds than the params ask for are incomplete, not passed.
+
+The stage records the verdict (reports/check.txt, and reports/check.json as DVC
+metrics: a column in `dvc exp show`) and succeeds either way, so that a regressed
+experiment is kept as a result. `--strict` (what `make quick` and CI run after
+`dvc repro`) exits 1 when a cell failed or is incomplete.
 """
 
 import argparse
+import json
 from pathlib import Path
 
 from fixmatch_bench.core.config import expected_runs, load_params
@@ -34,6 +40,8 @@ def main() -> int:
     parser.add_argument("--published", type=Path, default=Path("reports/published.yaml"))
     parser.add_argument("--baselines", type=Path, default=Path("reports/baseline"))
     parser.add_argument("--out", type=Path, default=Path("reports/check.txt"))
+    parser.add_argument("--metrics", type=Path, default=Path("reports/check.json"))
+    parser.add_argument("--strict", action="store_true", help="exit 1 unless every cell passed")
     args = parser.parse_args()
     params = load_params(args.params)
     check = params["check"]
@@ -50,8 +58,11 @@ def main() -> int:
         results += check_ratio_to_supervised(cells, check["max_ratio_to_supervised"])
     text, code = report(results)
     args.out.write_text(text + "\n")
+    counts = {status: sum(result.status == status for result in results)
+              for status in ("pass", "fail", "incomplete", "unchecked")}
+    args.metrics.write_text(json.dumps({"check": counts}, indent=2) + "\n")
     print(text)
-    return code
+    return code if args.strict else 0
 
 
 if __name__ == "__main__":

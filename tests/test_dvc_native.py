@@ -45,20 +45,54 @@ def test_returning_to_a_parameter_set_restores_every_run_from_the_run_cache(mini
     assert (repo / "models/digits_20-fixmatch_ra-1.pt").stat().st_size > 0  # the EMA weights came back too
 
 
+LONGER_SUITE = (MINI_SUITE.replace("steps: 24", "steps: 3000").replace("eval_every: 8", "eval_every: 1000")
+                .replace("checkpoint_every: 16", "checkpoint_every: 8"))
+
+
+def _wait_for_a_checkpoint(checkpoints: Path, run: str) -> None:
+    deadline = time.monotonic() + 240
+    while not list(checkpoints.glob(f"{run}-*/state.pt")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def _trainers(run: str) -> list[str]:
+    return subprocess.run(["pgrep", "-f", f"pipeline/train.py {run}"], capture_output=True, text=True).stdout.split()
+
+
+def test_stopping_dvc_repro_stops_its_trainer_and_the_next_repro_resumes_it(tmp_path, monkeypatch):
+    """SIGTERM to the dvc process alone: its trainer checkpoints and exits instead of running on orphaned."""
+    checkpoints = tmp_path / "checkpoints"
+    monkeypatch.setenv("FIXMATCH_CHECKPOINTS", str(checkpoints))
+    repo = repo_on_suite(tmp_path / "repo", "mini", LONGER_SUITE)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    with open(tmp_path / "first.log", "w") as log:
+        first = subprocess.Popen([sys.executable, "-m", "dvc", "repro", "train@digits_20-fixmatch_ra-1"], cwd=repo,
+                                 env=env, stdout=log, stderr=subprocess.STDOUT)
+        _wait_for_a_checkpoint(checkpoints, "digits_20-fixmatch_ra-1")
+        assert _trainers("digits_20-fixmatch_ra-1"), (tmp_path / "first.log").read_text()
+        first.send_signal(signal.SIGTERM)
+        first.wait(timeout=60)
+    deadline = time.monotonic() + 60
+    while _trainers("digits_20-fixmatch_ra-1") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _trainers("digits_20-fixmatch_ra-1"), "the trainer outlived dvc"
+    again = dvc(repo, "repro", "train@digits_20-fixmatch_ra-1")
+    assert "digits_20-fixmatch_ra-1: resuming at step" in again.stdout, again.stdout
+    rows = (repo / "results/digits_20-fixmatch_ra-1/curves/train/loss.tsv").read_text().splitlines()[1:]
+    steps = [int(row.split("\t")[0]) for row in rows]
+    assert steps == list(range(8, 3001, 8))  # one row per logged step: none lost, none twice
+
+
 def test_an_interrupted_temp_experiment_resumes_from_its_checkpoint_when_run_again(tmp_path, monkeypatch):
     """`dvc exp run --temp` trains in a throw-away copy of the repository: the checkpoint outlives it."""
     checkpoints = tmp_path / "checkpoints"
     monkeypatch.setenv("FIXMATCH_CHECKPOINTS", str(checkpoints))
-    longer = MINI_SUITE.replace("steps: 24", "steps: 3000").replace("eval_every: 8", "eval_every: 1000")
-    repo = repo_on_suite(tmp_path / "repo", "mini", longer.replace("checkpoint_every: 16", "checkpoint_every: 8"))
+    repo = repo_on_suite(tmp_path / "repo", "mini", LONGER_SUITE)
     command = [sys.executable, "-m", "dvc", "exp", "run", "--temp", "-S", "threshold=0.6", "train@digits_20-fixmatch_ra-1"]
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     first = subprocess.Popen(command, cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + 240
-    while not list(checkpoints.glob("digits_20-fixmatch_ra-1-*/state.pt")) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    trainer = subprocess.run(["pgrep", "-f", "pipeline/train.py digits_20-fixmatch_ra-1"],
-                             capture_output=True, text=True).stdout.split()
+    _wait_for_a_checkpoint(checkpoints, "digits_20-fixmatch_ra-1")
+    trainer = _trainers("digits_20-fixmatch_ra-1")
     assert trainer, first.communicate()[0]
     os.kill(int(trainer[0]), signal.SIGTERM)
     output = first.communicate(timeout=120)[0]

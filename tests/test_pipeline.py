@@ -85,3 +85,15 @@ def test_exp_run_with_another_threshold_reruns_only_what_depends_on_it(mini_repo
             thresholds.add(data.get("params", {}).get("params.yaml", {}).get("data", {}).get("threshold"))
             assert "digits_20-fixmatch_ra" in data.get("metrics", {}).get("reports/summary.json", {}).get("data", {})
     assert {0.5, 0.95} <= thresholds
+
+
+def test_a_regressed_experiment_is_kept_with_its_failing_verdict(mini_repo):
+    done = dvc(mini_repo, "exp", "run", "-S", "check.max_ratio_to_supervised=0.01")
+    assert "FAIL       digits_20-fixmatch_ra vs supervised" in done.stdout
+    failed = subprocess.run([sys.executable, "pipeline/check.py", "--strict"], cwd=mini_repo, capture_output=True,
+                            text=True)
+    assert failed.returncode == 1  # what make quick and CI run after dvc repro
+    shown = json.loads(dvc(mini_repo, "exp", "show", "--json").stdout)
+    verdicts = [experiment["data"]["metrics"]["reports/check.json"]["data"]["check"]["fail"]
+                for commit in shown for group in commit.get("experiments") or [] for experiment in group["revs"]]
+    assert 1 in verdicts  # saved, in dvc exp show, with its failing count

@@ -2,6 +2,7 @@
 
 import copy
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import yaml
 
 from conftest import REPO, digits_workspace, wait_for_lines
 from fixmatch_bench.core.config import Run
+from fixmatch_bench.train.checkpoint import CheckpointError, RunLock
 from fixmatch_bench.train.trainer import Interrupted, NonFiniteLoss, StopRequest, train
 
 TINY = {"steps": 12, "batch": 4, "uratio": 2, "eval_every": 4, "median_of_last": 2, "eval_batch": 256,
@@ -156,3 +158,16 @@ def test_a_finished_run_is_removed_unless_kept_and_a_finished_checkpoint_rewrite
     timing = ("wall_time_s", "steps_per_s")
     assert {k: v for k, v in again.items() if k not in timing} == {k: v for k, v in first.items() if k not in timing}
     assert (root / "kept/metrics.json").exists()
+
+
+def test_a_second_trainer_of_a_run_is_refused_while_the_first_holds_its_checkpoint_folder(workspace):
+    with pytest.raises(Interrupted):
+        _train(workspace, "locked", "fixmatch_ra", stop=StopRequest(after_step=2))
+    (folder,) = _checkpoint_dirs(workspace, "locked")
+    first = RunLock(folder)  # as an orphaned trainer of the same run would hold it
+    try:
+        with pytest.raises(CheckpointError, match=rf"in use by another trainer of this run \(pid {os.getpid()}\)"):
+            _train(workspace, "locked", "fixmatch_ra")
+    finally:
+        first.release()
+    assert _train(workspace, "locked", "fixmatch_ra")["steps"] == 12  # free again: it resumes and finishes

@@ -1,8 +1,9 @@
 """Reading and validating `params.yaml`, and expanding it into runs.
 
-Every stage script calls :func:`load_params` first, so a bad value stops the
-stage with one line naming the key, the value and what is allowed, before any
-work starts.
+The ``fixmatch_runs`` resolver validates the configuration whenever conf/ is
+composed (``dvc exp run -S``, ``make params``), and every stage script calls
+:func:`load_params` first: a bad value stops with one line naming the key, the
+value and what is allowed, before any work starts.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ class Run:
 
     @property
     def key(self) -> str:
-        """Matrix key and results folder name (``digits_20-fixmatch_ra-1``)."""
+        """Stage key (``train@<key>``) and results folder name (``digits_20-fixmatch_ra-1``)."""
         return f"{self.name}-{self.fold}"
 
 

@@ -14,6 +14,7 @@ again on load.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -79,6 +80,35 @@ def _differences(saved: dict, current: dict, prefix: str = "") -> list[str]:
         elif old != new:
             lines.append(f"{prefix}{key}: checkpoint has {old!r}, this run has {new!r}")
     return lines
+
+
+class RunLock:
+    """An exclusive lock on a run's checkpoint folder, held while one process trains it.
+
+    A second trainer of the same run and settings (a stage started again while an
+    orphaned trainer still runs) is refused instead of writing the same files. The
+    kernel releases the lock when the holder exits, however it exits.
+    """
+
+    def __init__(self, directory: str | Path):
+        self.path = Path(directory) / ".lock"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._handle = open(self.path, "a+")
+        try:
+            fcntl.flock(self._handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._handle.seek(0)
+            holder = self._handle.read().strip() or "unknown"
+            self._handle.close()
+            raise CheckpointError(f"{directory} is in use by another trainer of this run (pid {holder}); "
+                                  "wait for it to finish or stop it, then run again") from None
+        self._handle.truncate(0)
+        self._handle.write(str(os.getpid()))
+        self._handle.flush()
+
+    def release(self) -> None:
+        fcntl.flock(self._handle, fcntl.LOCK_UN)
+        self._handle.close()
 
 
 def load_for_resume(directory: str | Path, fingerprint: dict) -> dict | None:

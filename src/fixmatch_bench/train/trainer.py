@@ -32,7 +32,8 @@ from ..core.progress import progress as progress_bar
 from ..data.prepared import load_prepared
 from ..data.splits import read_split
 from .augment import make_augmenter
-from .checkpoint import checkpoint_root, load_for_resume, run_checkpoint_dir, save_atomically, save_checkpoint
+from .checkpoint import (RunLock, checkpoint_root, load_for_resume, run_checkpoint_dir, save_atomically,
+                         save_checkpoint)
 from .curves import Curves
 from .distributed import SINGLE_PROCESS, World
 from .distribution_alignment import DistributionAlignment
@@ -258,19 +259,31 @@ def train(params: dict, run: Run, data_dir: Path, split_path: Path, out_dir: Pat
     ``world`` is this process's rank under torchrun (:mod:`.distributed`); every rank
     returns the same metrics (timings aside), rank 0 alone writes outputs and checkpoints.
     Once the outputs are written the run's checkpoint folder is removed, unless
-    ``checkpoints.keep_finished``.
+    ``checkpoints.keep_finished``. Rank 0 holds the folder's :class:`RunLock` meanwhile.
     """
-    stop = stop or StopRequest()
     world = world or SINGLE_PROCESS
+    device = world.place(resolve_device(params["train"]["device"]))
+    data = load_run_data(data_dir, split_path, device)
+    run_fingerprint = fingerprint(params, run, data)
+    checkpoint_dir = run_checkpoint_dir(checkpoint_root(params["checkpoints"]["dir"]), run.key, run_fingerprint)
+    lock = RunLock(checkpoint_dir) if world.is_main else None
+    try:
+        return _train_run(params, run, data, device, run_fingerprint, checkpoint_dir, out_dir, stop or StopRequest(),
+                          progress, world, model_path)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train_run(params: dict, run: Run, data: RunData, device: torch.device, run_fingerprint: dict,
+               checkpoint_dir: Path, out_dir: Path, stop: StopRequest, progress: bool, world: World,
+               model_path: Path | None) -> dict:
+    """:func:`train` once the run's data is on its device and its checkpoint folder is locked."""
     hp = params["train"]
     facts = params["datasets"][run.dataset]
     method = params["methods"][run.method]
     labeled_share = world.share(hp["batch"], "train.batch")
     unlabeled_share = world.share(hp["batch"] * hp["uratio"], "train.batch * train.uratio")
-    device = world.place(resolve_device(hp["device"]))
-    data = load_run_data(data_dir, split_path, device)
-    run_fingerprint = fingerprint(params, run, data)
-    checkpoint_dir = run_checkpoint_dir(checkpoint_root(params["checkpoints"]["dir"]), run.key, run_fingerprint)
     state = load_for_resume(checkpoint_dir, run_fingerprint)
 
     seed = hp["seed"] * 1000 + run.fold
