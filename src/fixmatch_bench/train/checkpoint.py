@@ -18,6 +18,7 @@ import fcntl
 import hashlib
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ CHECKPOINT_NAME = "state.pt"
 CHECKPOINTS_ENV = "FIXMATCH_CHECKPOINTS"
 
 
-def checkpoint_root(configured: str | None, environ: os._Environ | dict = os.environ) -> Path:
+def checkpoint_root(configured: str | None, environ: Mapping[str, str] = os.environ) -> Path:
     """``checkpoints.dir`` if set, else ``$FIXMATCH_CHECKPOINTS``, else ``$XDG_CACHE_HOME/fixmatch-bench/checkpoints``."""
     if configured:
         return Path(configured).expanduser()
