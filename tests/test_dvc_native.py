@@ -59,12 +59,15 @@ def _trainers(run: str) -> list[str]:
     return subprocess.run(["pgrep", "-f", f"pipeline/train.py {run}"], capture_output=True, text=True).stdout.split()
 
 
-def test_stopping_dvc_repro_stops_its_trainer_and_the_next_repro_resumes_it(tmp_path, monkeypatch):
-    """SIGTERM to the dvc process alone: its trainer checkpoints and exits instead of running on orphaned."""
+@pytest.mark.parametrize("shell", ["/bin/sh", "/bin/bash"])
+def test_stopping_dvc_repro_stops_its_trainer_and_the_next_repro_resumes_it(tmp_path, monkeypatch, shell):
+    """SIGTERM to the dvc process alone: its trainer checkpoints and exits instead of running on orphaned.
+
+    DVC runs a stage as ``$SHELL -c <cmd>``: bash execs the trainer, dash stays between it and dvc."""
     checkpoints = tmp_path / "checkpoints"
     monkeypatch.setenv("FIXMATCH_CHECKPOINTS", str(checkpoints))
     repo = repo_on_suite(tmp_path / "repo", "mini", LONGER_SUITE)
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "SHELL": shell}
     with open(tmp_path / "first.log", "w") as log:
         first = subprocess.Popen([sys.executable, "-m", "dvc", "repro", "train@digits_20-fixmatch_ra-1"], cwd=repo,
                                  env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -76,6 +79,7 @@ def test_stopping_dvc_repro_stops_its_trainer_and_the_next_repro_resumes_it(tmp_
     while _trainers("digits_20-fixmatch_ra-1") and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not _trainers("digits_20-fixmatch_ra-1"), "the trainer outlived dvc"
+    assert "stopped by SIGTERM at step" in (tmp_path / "first.log").read_text()
     again = dvc(repo, "repro", "train@digits_20-fixmatch_ra-1")
     assert "digits_20-fixmatch_ra-1: resuming at step" in again.stdout, again.stdout
     rows = (repo / "results/digits_20-fixmatch_ra-1/curves/train/loss.tsv").read_text().splitlines()[1:]
@@ -128,11 +132,12 @@ def test_a_datasets_settings_change_only_its_own_stages_and_urls_are_not_params(
         params = yaml.safe_load(original)
         params["datasets"]["cifar100"]["weight_decay"] = 0.002
         params_file.write_text(yaml.safe_dump(params, sort_keys=False))
-        assert set(json.loads(dvc(repo, "status", "--json").stdout)) == before
+        # validate reads the whole file (any edit re-checks it, in seconds); its output never changes
+        assert set(json.loads(dvc(repo, "status", "--json").stdout)) == before | {"validate"}
         params["datasets"]["digits"]["weight_decay"] = 0.002
         params_file.write_text(yaml.safe_dump(params, sort_keys=False))
         changed = set(json.loads(dvc(repo, "status", "--json").stdout)) - before
-        assert changed == {"prepare@digits", *TRAINING_STAGES}
+        assert changed == {"validate", "prepare@digits", *TRAINING_STAGES}
     finally:
         params_file.write_text(original)
     assert "sources" in params and not {"datasets", "url", "md5"} & set(params["sources"])
@@ -245,3 +250,34 @@ def test_a_fresh_copy_of_the_committed_files_has_no_changed_dependency_parameter
                     if not (status in ("deleted", "not in cache") and absent):
                         problems.append(f"{stage}: {kind} {path} {status}")
     assert not problems, "dvc.lock does not match the committed files; run `dvc repro`:\n" + "\n".join(problems)
+
+
+def _workspace(repo: Path) -> dict[str, tuple[int, int]]:
+    """(size, mtime) of every file DVC or a stage could touch (everything but params.yaml and DVC's own state)."""
+    return {str(path.relative_to(repo)): (path.stat().st_size, path.stat().st_mtime_ns)
+            for path in repo.rglob("*") if path.is_file()
+            and not path.relative_to(repo).parts[0] in (".git", ".dvc") and path.name != "params.yaml"}
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda p: p.update(threshold=1.5), "error: invalid params: threshold = 1.5 (must be a number in [0.0, 1.0])"),
+    (lambda p: p.update(treshold=p.pop("threshold")), "threshold"),  # misspelled by hand
+    (lambda p: p["train"].update(steps=0), "train.steps = 0"),
+])
+def test_a_bad_hand_edited_params_file_stops_dvc_repro_before_any_output_is_touched(mini_repo, edit, message):
+    repo, first_table = mini_repo
+    params_file = repo / "params.yaml"
+    original = params_file.read_text()
+    before = _workspace(repo)
+    params = yaml.safe_load(original)
+    edit(params)
+    params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+    try:
+        done = dvc(repo, "repro", check=False)
+    finally:
+        params_file.write_text(original)
+    output = done.stdout + done.stderr
+    assert done.returncode != 0 and message in output, output
+    assert "Running stage 'validate'" in output or "Running stage" not in output, output
+    assert _workspace(repo) == before
+    assert (repo / "reports/results.csv").read_text() == first_table

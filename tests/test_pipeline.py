@@ -75,8 +75,10 @@ def test_repro_builds_reports_and_the_check_needs_a_baseline(mini_repo):
 def test_exp_run_with_another_threshold_reruns_only_what_depends_on_it(mini_repo):
     done = dvc(mini_repo, "exp", "run", "-S", "threshold=0.5")
     ran = {line.split("'")[1] for line in done.stdout.splitlines() if line.startswith("Running stage")}
-    # check re-runs only if the summary changed; data, splits and the supervised baseline never do.
-    assert {"train@digits_20-fixmatch_ra-1", "aggregate"} <= ran <= {"train@digits_20-fixmatch_ra-1", "aggregate", "check"}
+    # validate re-checks any new params.yaml; check re-runs only if the summary changed; data, splits
+    # and the supervised baseline never do.
+    assert ({"validate", "train@digits_20-fixmatch_ra-1", "aggregate"} <= ran
+            <= {"validate", "train@digits_20-fixmatch_ra-1", "aggregate", "check"})
     shown = json.loads(dvc(mini_repo, "exp", "show", "--json").stdout)
     thresholds = set()
     for commit in shown:

@@ -171,3 +171,26 @@ def test_a_second_trainer_of_a_run_is_refused_while_the_first_holds_its_checkpoi
     finally:
         first.release()
     assert _train(workspace, "locked", "fixmatch_ra")["steps"] == 12  # free again: it resumes and finishes
+
+
+@pytest.mark.parametrize("blocked", ["checkpoints", "results", "models"])
+def test_an_unwritable_checkpoint_or_output_location_is_refused_in_one_line_before_training(workspace, blocked):
+    """A file where the folder should be: refused for any user (root ignores permission bits)."""
+    root, params = workspace
+    base = root / f"unwritable-{blocked}"
+    base.mkdir()
+    (base / blocked).write_text("a file, not a folder")
+    (root / f"{blocked}.yaml").write_text(yaml.safe_dump(
+        {**params, "checkpoints": {"dir": str(base / "checkpoints" / "sub"), "keep_finished": False}}))
+    command = [sys.executable, str(REPO / "pipeline/train.py"), "digits_20-fixmatch_ra-1",
+               "--prepared", str(root / "prepared"), "--splits", str(root / "splits"),
+               "--params", str(root / f"{blocked}.yaml"), "--results", str(base / "results" / "sub"),
+               "--models", str(base / "models" / "sub")]
+    if blocked != "checkpoints":
+        (base / "checkpoints").mkdir()
+    for other in {"results", "models"} - {blocked}:
+        (base / other).mkdir()
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.startswith("error: ") and "is not writable" in done.stderr and str(base / blocked) in done.stderr
+    assert "%" not in done.stdout  # no progress: refused before training

@@ -3,15 +3,24 @@ long stage ends with the `dvc repro` that started it."""
 
 from __future__ import annotations
 
-import ctypes
 import os
 import signal
 import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
 from typing import Callable
 
 from .config import ParamsError
 
-EXPECTED_ERRORS: tuple[type[BaseException], ...] = (ParamsError, FileNotFoundError, ValueError)
+
+
+class UnwritableLocation(RuntimeError):
+    """A folder a stage must write to cannot be created or written; the message says which and what to do."""
+
+
+EXPECTED_ERRORS: tuple[type[BaseException], ...] = (ParamsError, UnwritableLocation, FileNotFoundError, ValueError)
 
 
 def run_stage(main: Callable[[], int | None], expected: tuple[type[BaseException], ...] = ()) -> None:
@@ -24,17 +33,59 @@ def run_stage(main: Callable[[], int | None], expected: tuple[type[BaseException
     sys.exit(code or 0)
 
 
-def end_with_parent(signum: int = signal.SIGTERM) -> None:
-    """Have Linux send ``signum`` to this process when its parent (``dvc repro``) exits.
+def require_writable(directory: Path, what: str, hint: str = "") -> Path:
+    """Create ``directory`` if needed and write a file in it, so that a stage finds out before its work
+    (hours of training), not when it saves the result; raise :class:`UnwritableLocation` otherwise."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".write-test-"):
+            pass
+    except OSError as error:
+        raise UnwritableLocation(f"{what} {directory} is not writable ({error.strerror or error}){hint}") from None
+    return directory
 
-    DVC does not pass a SIGTERM on to the stage it runs: without this, a stopped
-    ``dvc repro`` leaves its trainer running, and the next one would start a second
-    trainer of the same run. The trainer checkpoints on SIGTERM. Elsewhere than on
-    Linux this does nothing.
+
+SHELLS = frozenset({"sh", "dash", "bash", "zsh", "ksh", "mksh", "fish"})
+
+
+def _stat(pid: int) -> tuple[str, int, str] | None:
+    """(state, parent pid, start time) of a live process from /proc/<pid>/stat; None once it is gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = text[text.rindex(")") + 2:].split()  # the command name in parentheses may hold spaces
+    state, parent, start = fields[0], int(fields[1]), fields[19]
+    return None if state in ("Z", "X") else (state, parent, start)
+
+
+def _launcher() -> int:
+    """The nearest ancestor that is not a shell: DVC runs a stage as ``$SHELL -c <cmd>``, and dash stays the parent."""
+    pid = os.getppid()
+    while pid > 1 and Path(f"/proc/{pid}/comm").read_text().strip() in SHELLS:
+        stat = _stat(pid)
+        pid = stat[1] if stat else 1
+    return pid
+
+
+def end_with_dvc(signum: int = signal.SIGTERM, poll_s: float = 0.5) -> None:
+    """Send ``signum`` to this process once the ``dvc`` process that runs this stage is gone.
+
+    DVC does not pass a SIGTERM on to the stage it runs: without this, a stopped ``dvc repro``
+    leaves its trainer running, and the next one would start a second trainer of the same run.
+    The trainer checkpoints on SIGTERM. A watcher thread polls DVC's process (identified by its
+    start time, so a reused PID does not count), because PR_SET_PDEATHSIG would only see the
+    shell in between. Outside DVC (no ``DVC_STAGE`` in the environment: a run started by hand,
+    ``nohup``, a batch job) and elsewhere than on Linux this does nothing.
     """
-    if not sys.platform.startswith("linux"):
+    if "DVC_STAGE" not in os.environ or not sys.platform.startswith("linux"):
         return
-    pr_set_pdeathsig = 1
-    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signum), 0, 0, 0)
-    if os.getppid() == 1:  # the parent exited before the request was made
+    launcher = _launcher()
+    started = _stat(launcher) if launcher > 1 else None  # already orphaned: stop now
+
+    def watch() -> None:
+        while started is not None and (now := _stat(launcher)) is not None and now[2] == started[2]:
+            time.sleep(poll_s)
         os.kill(os.getpid(), signum)
+
+    threading.Thread(target=watch, name="end-with-dvc", daemon=True).start()

@@ -29,10 +29,11 @@ import torch
 
 from ..core.config import Run
 from ..core.progress import progress as progress_bar
+from ..core.stage import require_writable
 from ..data.prepared import load_prepared
 from ..data.splits import read_split
 from .augment import make_augmenter
-from .checkpoint import (RunLock, checkpoint_root, load_for_resume, run_checkpoint_dir, save_atomically,
+from .checkpoint import (CHECKPOINTS_ENV, RunLock, checkpoint_root, load_for_resume, run_checkpoint_dir, save_atomically,
                          save_checkpoint)
 from .curves import Curves
 from .distributed import SINGLE_PROCESS, World
@@ -262,10 +263,16 @@ def train(params: dict, run: Run, data_dir: Path, split_path: Path, out_dir: Pat
     ``checkpoints.keep_finished``. Rank 0 holds the folder's :class:`RunLock` meanwhile.
     """
     world = world or SINGLE_PROCESS
+    root = checkpoint_root(params["checkpoints"]["dir"])
+    if world.is_main:
+        require_writable(root, "the checkpoint folder", f" (set checkpoints.dir or ${CHECKPOINTS_ENV})")
+        require_writable(out_dir, "the run's output folder")
+        if model_path is not None:
+            require_writable(model_path.parent, "the model folder")
     device = world.place(resolve_device(params["train"]["device"]))
     data = load_run_data(data_dir, split_path, device)
     run_fingerprint = fingerprint(params, run, data)
-    checkpoint_dir = run_checkpoint_dir(checkpoint_root(params["checkpoints"]["dir"]), run.key, run_fingerprint)
+    checkpoint_dir = run_checkpoint_dir(root, run.key, run_fingerprint)
     lock = RunLock(checkpoint_dir) if world.is_main else None
     try:
         return _train_run(params, run, data, device, run_fingerprint, checkpoint_dir, out_dir, stop or StopRequest(),
