@@ -1,7 +1,7 @@
 """DDP on CPU (gloo, 2 processes under torchrun) against one process on the same global batch.
 
 Two ranks see the same global batch and augmentations as one process, but
-each normalises its own share with BatchNorm batch statistics (protocol §1.3:
+each normalises its own share with BatchNorm batch statistics (docs/protocol.md §7.3:
 BN is per device) and rank 0's running statistics are kept. The reference is
 therefore one process whose network normalises the same per-rank groups
 (:func:`per_rank_batchnorm`); what remains is floating-point summation order

@@ -1,8 +1,9 @@
 """The paper's published numbers (``reports/published.yaml``), validated on load.
 
 Every number carries a confidence (``verified`` / ``secondary`` / ``unconfirmed``,
-the ✅ / 🟡 / ❓ marks of the protocol reference §6) and the letters of the
-sources it comes from, so a table can show how far each comparison can be trusted.
+defined in the file's header and in docs/protocol.md §11) and the letters of the
+public sources it comes from, so a table can show how far each comparison can be
+trusted.
 Cells the paper reports but nobody could retrieve are kept as ``not_retrieved``
 rather than given a number.
 """

@@ -12,13 +12,13 @@ Semantics (docs/multi_gpu.md has the reasoning):
 - Batch sizes in params are GLOBAL. Every rank draws the same global index
   batch and the same augmentations from identically seeded generators and
   keeps its contiguous share (:meth:`World.share`): the global batch is
-  exactly the one a single process draws. The price is that every rank
-  augments the whole global batch (augmentation work does not shrink with N;
-  the network's forward/backward does).
+  exactly the one a single process draws. Each rank augments only its share
+  of the unlabeled views (the random draws are made for the whole batch, so
+  they match a single process's), and the whole labeled weak view, from which
+  CTAugment's probes are drawn.
 - Each rank runs one concatenated forward pass over its share (labeled, weak,
   strong in the single-GPU proportions) with its own BatchNorm batch
-  statistics, not synchronised (the official multi-GPU behaviour, protocol
-  §1.3). The loss is a mean over the share and DDP averages gradients, so
+  statistics, not synchronised (docs/protocol.md §7.3). The loss is a mean over the share and DDP averages gradients, so
   with equal shares the gradient is that of the global mean.
 - BatchNorm running statistics: rank 0's are authoritative and copied to
   every rank after each step (:meth:`World.sync_buffers`, DDP's own buffer

@@ -1,13 +1,15 @@
-"""Distribution alignment (ReMixMatch) for the FixMatch+DA variant (protocol §5).
+"""Distribution alignment (ReMixMatch) for the FixMatch+DA variant (docs/protocol.md §8).
 
 The official FixMatch repository has no FixMatch+DA script; this follows the
-protocol's recommended spec, built from ReMixMatch's rule
+spec of docs/protocol.md §8, built from ReMixMatch's rule
 (``remixmatch_no_cta.py``, ``libml/layers.py`` ``PMovingAverage``):
 
     q~ = normalize(q * (1e-6 + p_data) / (1e-6 + p_model))
 
 - ``q``: softmax of the weak unlabeled views;
-- ``p_data``: the labeled-class distribution (uniform for balanced splits);
+- ``p_data``: the labeled split's class distribution (uniform for balanced splits),
+  fixed; ReMixMatch's ``PData`` is a running average of the labeled batches'
+  labels (a documented deviation);
 - ``p_model``: the normalized mean of the last ``buffer_size`` (128) per-batch
   mean predictions, a FIFO initialised with 1/C in every slot and fed the
   un-aligned ``q`` after each step.
@@ -16,7 +18,7 @@ Both the pseudo-label (``argmax q~``) and the confidence mask
 (``max q~ >= tau``) come from the aligned distribution, as in the first
 author's later FixMatch+DA code (google-research/crest). Whether the paper's
 CIFAR-100@400 number thresholded ``q~`` or the raw ``q`` is unconfirmed
-(❓ in §5). Per step: ``q_tilde = da.align(q)`` first, then ``da.update(q)``
+(docs/protocol.md §8). Per step: ``q_tilde = da.align(q)`` first, then ``da.update(q)``
 (the official update runs after the step, so ``align`` sees the buffer
 without the current batch).
 """

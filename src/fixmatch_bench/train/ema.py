@@ -1,4 +1,4 @@
-"""Exponential moving average of the weights, as the official code keeps it (protocol §1.7).
+"""Exponential moving average of the weights, as the official code keeps it (docs/protocol.md §6).
 
 ``tf.train.ExponentialMovingAverage(0.999)`` over the trainable variables
 (conv kernels and biases, BN gamma/beta, dense), run after every optimizer

@@ -1,4 +1,4 @@
-"""Test-set evaluation and the paper's reported number (protocol reference §1.9)."""
+"""Test-set evaluation and the paper's reported number (docs/protocol.md §9)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The FixMatch objective for one step: a pure function of model, batch and params.
 
-Protocol reference §1.2/§1.10: labeled, weak and strong images go through the
+docs/protocol.md §4 (BatchNorm: §7.1): labeled, weak and strong images go through the
 network in ONE concatenated forward pass in train mode (BatchNorm statistics
 come from all of them, as in the official code); pseudo-labels come from the
 weak view of that same pass with a stop-gradient (no EMA teacher, no

@@ -1,4 +1,4 @@
-"""Optimizer and learning-rate schedule of the official code (protocol reference §1.4-1.6)."""
+"""Optimizer and learning-rate schedule of the official code (docs/protocol.md §5)."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 The official code repeats then shuffles (buffer 8192) each stream. Here each
 stream walks through consecutive random permutations of its pool (a global
-shuffle, the negligible deviation noted in protocol reference §1.8); a batch
+shuffle, a documented deviation, docs/protocol.md §1.6); a batch
 may straddle two permutations, so with fewer images than the batch (40 labels,
 B = 64) a batch holds repeats, as in the official code. The permutation and
 position are part of the training state, so a resumed run draws the same batches.

@@ -1,7 +1,7 @@
 """The official FixMatch "Wide-ResNet": class ``ResNet`` of ``libml/models.py``.
 
 This is the exact graph, initialisation and BatchNorm setting of the TF1 code
-(protocol §4, §1.3), so parameter counts match the paper's networks:
+(docs/protocol.md §2), so parameter counts match the paper's networks:
 
 - WRN-28-2 (``filters=32, scales=3``), 10 classes: 1,469,642 parameters;
 - WRN-28-8 (``filters=128, scales=3``), 100 classes: 23,409,092;
@@ -122,7 +122,7 @@ class WideResNet(nn.Module):
     strided (2, except stage 0); head lrelu(BN) -> global average pool ->
     Linear. ``scales`` is explicit: the official auto value
     ``ceil(log2(image size)) - 2`` is 3 for 32 px and 5 for 96 px, but STL-10
-    runs used 4 (protocol §4, §7.2).
+    runs used 4 (docs/protocol.md §2.2).
 
     ``padding="tf"`` (faithful) reproduces TF 'same' padding, which for the
     stride-2 3x3 convs pads 0 before and 1 after each spatial axis;

@@ -22,7 +22,7 @@ Documented deviations (the official values are not representable in uint8):
   uint8); geometric ops fill through the RGBA alpha that ``pil_unwrap`` maps
   to the same 0. We write 128 = ``np.round(127.5)``, the value CTAugment's own
   float -> uint8 conversion gives 0.0 (error 0.5 level = 0.004 in [-1, 1]).
-  Geometric fill is gray immediately (protocol 2.5's recommendation): the
+  Geometric fill is gray immediately (docs/protocol.md §3.3; a documented deviation): the
   official RGBA path let later ops in the same policy see the fill as black,
   and AutoContrast / Equalize / Posterize / Solarize (which go through RGB)
   made it black for good.
