@@ -8,55 +8,76 @@ from pathlib import Path
 import pytest
 import torch
 
-from fixmatch_bench.bench import (GPU_LADDER, GPU_SPEED, BenchConfig, RandomData, _attempt, _PerImage, _SuiteStep,
-                                  _breakdown, main, reduced_configs, render_markdown, write_report)
+from fixmatch_bench.bench import (GPU_LADDER, GPU_SPEED, BenchConfig, _attempt, _breakdown, _PerImage, main,
+                                  random_data, reduced_configs, render_markdown, suite_step, timed_rounds,
+                                  write_report)
+from fixmatch_bench import bench
+from fixmatch_bench.compose import compose_params
+from fixmatch_bench.train import step as train_step
 from fixmatch_bench.train.speed import SpeedOptions
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = BenchConfig("tiny", {"filters": 8, "scales": 1, "repeat": 1}, batch=2, uratio=3, train_size=16, test_size=8,
-                   steps=2, warmup=1, breakdown_steps=2, eval_every=1, eval_batch=8)
+TINY = BenchConfig("tiny", "cifar10", train={"batch": 2, "uratio": 3, "eval_batch": 8},
+                   network={"filters": 8, "scales": 1, "repeat": 1}, train_size=16, test_size=8,
+                   steps=2, rounds=3, warmup=1, breakdown_steps=2, eval_every=1)
 
 
-def test_cutout_and_translate_follow_the_dataset_table():
-    assert (TINY.translate, TINY.cutout) == (4, 16)
-    assert BenchConfig("stl", {}, image_size=96, strong="ctaugment").cutout == 48
-    assert BenchConfig("stl", {}, image_size=96).translate == 12
-    assert reduced_configs()[0].image_size == 32 and reduced_configs()[0].uratio == 7
+@pytest.fixture(scope="module")
+def paper():
+    return compose_params(["suite=paper"], REPO / "conf")
 
 
-def test_the_peers_dataset_augments_one_uint8_image_per_item():
-    data = RandomData.make(TINY)
-    assert data.train.shape == (16, 3, 32, 32) and data.train.dtype == torch.uint8
-    weak, strong = _PerImage(data.train, data.train_targets, TINY, unlabeled=True)[3]
+def test_a_configuration_is_the_paper_suites_params_with_its_overrides(paper):
+    params = TINY.params(paper, SpeedOptions(channels_last=True), torch.device("cpu"))
+    assert params["train"]["batch"] == 2 and params["train"]["lr"] == paper["train"]["lr"] == 0.03
+    assert params["threshold"] == paper["threshold"] == 0.95 and params["train"]["steps"] == 2**20
+    assert params["datasets"]["cifar10"]["network"]["filters"] == 8 and params["speed"]["channels_last"]
+    assert paper["datasets"]["cifar10"]["network"]["filters"] == 32  # the paper's params are left alone
+    reduced = reduced_configs()[0].params(paper, SpeedOptions(), torch.device("cpu"))
+    assert reduced["train"]["uratio"] == 7 and reduced["datasets"]["cifar10"]["image_size"] == 32
+
+
+def test_the_peers_dataset_augments_one_uint8_image_per_item(paper):
+    data = random_data(TINY, paper["datasets"]["cifar10"], torch.device("cpu"))
+    assert data.labeled_images.shape == (16, 3, 32, 32) and data.labeled_images.dtype == torch.uint8
+    facts = paper["datasets"]["cifar10"]
+    weak, strong = _PerImage(data.labeled_images, data.labeled_targets, facts, unlabeled=True)[3]
     assert weak.shape == strong.shape == (3, 32, 32) and weak.dtype == torch.uint8
     assert not torch.equal(weak, strong)
-    image, target = _PerImage(data.train, data.train_targets, TINY, unlabeled=False)[5]
-    assert image.shape == (3, 32, 32) and target == data.train_targets[5]
+    image, target = _PerImage(data.labeled_images, data.labeled_targets, facts, unlabeled=False)[5]
+    assert image.shape == (3, 32, 32) and target == data.labeled_targets[5]
 
 
-def test_the_suite_step_trains_and_its_breakdown_covers_three_phases():
-    run = _SuiteStep(TINY, RandomData.make(TINY), torch.device("cpu"), SpeedOptions())
-    before = [p.detach().clone() for p in run.trainer.model.parameters()]
-    batch = run.augment()
-    assert batch.labeled.shape == (2, 3, 32, 32) and batch.weak.shape == batch.strong.shape == (6, 3, 32, 32)
-    run()
-    assert any(not torch.equal(a, b) for a, b in zip(before, run.trainer.model.parameters()))
-    breakdown = _breakdown(run, 1)
-    assert set(breakdown) == {"augmentation_ms", "forward_backward_ms", "optimizer_ema_ms"}
-    assert all(value > 0 for value in breakdown.values())
+def test_the_benchmark_times_the_trainers_own_step_over_several_rounds(paper, monkeypatch):
+    calls = []
+
+    def counted(*args, **kwargs):
+        calls.append(train_step.fixmatch_step(*args, **kwargs))
+        return calls[-1]
+
+    monkeypatch.setattr(bench, "fixmatch_step", counted)  # the benchmark calls the trainer's step function
+    under_test = suite_step(TINY, paper, torch.device("cpu"), SpeedOptions())
+    before = [p.detach().clone() for p in under_test.state.model.parameters()]
+    rounds = timed_rounds(TINY, under_test)
+    assert len(rounds) == 3 and all(value > 0 for value in rounds)
+    assert len(calls) == TINY.warmup + TINY.rounds * TINY.steps == under_test.state.step
+    assert set(calls[0]) >= {"loss", "loss_x", "loss_u", "mask_rate", "lr"}  # fixmatch_step's logs
+    assert any(not torch.equal(a, b) for a, b in zip(before, under_test.state.model.parameters()))
+    breakdown = _breakdown(TINY, under_test)
+    assert set(breakdown) == {"batch_ms", "update_ms"} and all(value > 0 for value in breakdown.values())
 
 
 def test_a_cpu_report_says_gpu_figures_were_not_measured(tmp_path):
     report = {"device": "CPU (x86_64, 2 cores)", "device_type": "cpu", "reduced": True, "torch": "2.13",
               "cpu_cores": 2, "load_average_1min": 0.5, "results": [{"config": "tiny", "settings": {}, "ratio": 2.0,
-                                           "peers": {"steps_per_s": 1.5, "workers": 2},
+                                           "peers": {"steps_per_s": 1.5, "steps_per_s_stdev": 0.1,
+                                                     "workers": 2},
                                            "suite": {"steps_per_s": 3.0, "speed_options": {},
-                                                     "breakdown_ms": {"augmentation_ms": 10.0,
-                                                                      "forward_backward_ms": 300.0,
-                                                                      "optimizer_ema_ms": 1.25}}}]}
+                                                     "steps_per_s_stdev": 0.25,
+                                                     "breakdown_ms": {"batch_ms": 10.0, "update_ms": 300.0}}}]}
     write_report(report, tmp_path)
     markdown = (tmp_path / "throughput.md").read_text()
-    assert "| tiny | 1.50 | 3.00 | 2.00x | 10.0 | 300.0 | 1.2 |" in markdown
+    assert "| tiny | 1.50 ± 0.10 | 3.00 ± 0.25 | 2.00x | 10.0 | 300.0 |" in markdown
     assert "host load average at start 0.50" in markdown
     assert "GPU figures: not measured" in markdown and "REDUCED" in markdown
     assert json.loads((tmp_path / "throughput.json").read_text())["gpu_figures"] == "not measured"
@@ -64,24 +85,25 @@ def test_a_cpu_report_says_gpu_figures_were_not_measured(tmp_path):
 
 
 def _measured(steps_per_s: float) -> dict:
-    return {"steps_per_s": steps_per_s, "speed_options": {},
-            "breakdown_ms": {"augmentation_ms": 1.0, "forward_backward_ms": 2.0, "optimizer_ema_ms": 0.5}}
+    return {"steps_per_s": steps_per_s, "steps_per_s_stdev": 1.0, "speed_options": {},
+            "breakdown_ms": {"batch_ms": 1.0, "update_ms": 2.5}}
 
 
 def test_a_gpu_report_has_the_option_ladder_failures_and_cta_against_ra():
-    ladder = [dict(label=label, **_measured(100.0 * (index + 1))) for index, (label, _) in enumerate(GPU_LADDER[:3])]
-    ladder.append({"label": GPU_LADDER[3][0], "error": "BackendCompilerFailed: boom"})
+    ladder = [dict(label=label, **_measured(100.0 * (index + 1))) for index, (label, _) in enumerate(GPU_LADDER[:4])]
+    ladder.append({"label": GPU_LADDER[4][0], "error": "BackendCompilerFailed: boom"})
     report = {"device": "NVIDIA H100", "device_type": "cuda", "reduced": False, "torch": "2.11", "cpu_cores": 16,
               "load_average_1min": 0.1, "results": [
-                  {"config": "WRN-28-2 32px RandAugment", "settings": {}, "ratio": 8.0, "suite": _measured(240.0),
-                   "peers": _measured(30.0), "ladder": ladder},
-                  {"config": "WRN-28-2 32px CTAugment", "settings": {}, "suite": _measured(216.0)}]}
+                  {"config": "WRN-28-2 CIFAR-10 RandAugment", "settings": {}, "ratio": 8.0,
+                   "suite": _measured(240.0), "peers": _measured(30.0), "ladder": ladder},
+                  {"config": "WRN-28-2 CIFAR-10 CTAugment", "settings": {}, "suite": _measured(216.0)}]}
     markdown = render_markdown(report)
-    assert "| WRN-28-2 32px RandAugment | 30.00 | 240.00 | 8.00x | 1.0 | 2.0 | 0.5 |" in markdown
-    assert "| WRN-28-2 32px CTAugment | — | 216.00 | — | 1.0 | 2.0 | 0.5 |" in markdown
-    assert "- WRN-28-2 32px: CTAugment runs at 0.90 of RandAugment's steps/s." in markdown
-    assert "| + compile: model | 300.00 | 3.00x | 1.0 | 2.0 | 0.5 |" in markdown
-    assert "| + compile: step | failed (see throughput.json) | — | — | — | — |" in markdown
+    assert "| WRN-28-2 CIFAR-10 RandAugment | 30.00 ± 1.00 | 240.00 ± 1.00 | 8.00x | 1.0 | 2.5 |" in markdown
+    assert "| WRN-28-2 CIFAR-10 CTAugment | — | 216.00 ± 1.00 | — | 1.0 | 2.5 |" in markdown
+    assert "- WRN-28-2 CIFAR-10: CTAugment runs at 0.90 of RandAugment's steps/s." in markdown
+    assert "| + TF32 convolutions and matmuls (speed.tf32: not the paper protocol) | 200.00 ± 1.00 | 2.00x |" in markdown
+    assert "| + compile: model | 400.00 ± 1.00 | 4.00x | 1.0 | 2.5 |" in markdown
+    assert "| + compile: step | failed (see throughput.json) | — | — | — |" in markdown
     assert "compile: step" in markdown.split("\n")[5] and "not measured" not in markdown
 
 
@@ -95,7 +117,9 @@ def test_a_failing_measurement_is_reported_not_raised(capsys):
 
 def test_the_gpu_ladder_adds_one_option_at_a_time_and_labels_the_algorithm_changing_rung():
     options = [speed for _, speed in GPU_LADDER]
-    assert options[0].compile == "none" and not options[0].autocast_bf16
+    assert options[0].compile == "none" and not options[0].autocast_bf16 and not options[0].tf32
+    assert [speed for speed in options if speed.tf32] == [SpeedOptions(tf32=True)]  # its own rung
+    assert not GPU_SPEED.tf32
     assert GPU_SPEED in options and not GPU_SPEED.weak_no_grad and GPU_SPEED.compile == "step"
     changing = [label for label, speed in GPU_LADDER if speed.weak_no_grad]
     assert len(changing) == 1 and "ALGORITHM-CHANGING" in changing[0]

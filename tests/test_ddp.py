@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from conftest import REPO, wait_for_lines
+from fixmatch_bench.train import state as train_state
 from fixmatch_bench.train import trainer
 from fixmatch_bench.core.config import Run
 from fixmatch_bench.train.distributed import SINGLE_PROCESS, World, launch
@@ -64,7 +65,7 @@ def per_rank_batchnorm(batch: int, uratio: int, ranks: int) -> type[WideResNet]:
 
 def _grouped_reference(root, params: dict, method: str, out: str, monkeypatch) -> dict:
     """One process, one thread (as each torchrun rank), whose network normalises the per-rank groups."""
-    monkeypatch.setattr(trainer, "WideResNet", per_rank_batchnorm(params["train"]["batch"], params["train"]["uratio"],
+    monkeypatch.setattr(train_state, "WideResNet", per_rank_batchnorm(params["train"]["batch"], params["train"]["uratio"],
                                                                   RANKS))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -2,6 +2,7 @@
 
 import copy
 import csv
+import json
 
 import pytest
 import torch
@@ -14,7 +15,7 @@ from fixmatch_bench.core.config import ParamsError, Run, validate_params
 from fixmatch_bench.train.evaluation import accuracy
 from fixmatch_bench.train.fixmatch import Batch, fixmatch_loss
 from fixmatch_bench.train.optim import make_optimizer
-from fixmatch_bench.train.speed import SpeedOptions, fast_forward, prepare_model
+from fixmatch_bench.train.speed import SpeedOptions, fast_forward, prepare_model, set_float32_precision
 from fixmatch_bench.train.trainer import train
 from fixmatch_bench.train.wide_resnet import WideResNet
 
@@ -37,7 +38,7 @@ def test_defaults_are_the_exact_path_and_the_committed_params_match_them(params)
     assert SpeedOptions() == SpeedOptions.from_params(None)
     # the quick suite alone turns on NHWC kernels (float rounding only; conf/suite/quick.yaml)
     assert SpeedOptions.from_params(params["speed"]) == SpeedOptions(channels_last=True)
-    assert SpeedOptions().fingerprint() == {"autocast_bf16": False, "weak_no_grad": False}
+    assert SpeedOptions().fingerprint() == {"autocast_bf16": False, "weak_no_grad": False, "tf32": False}
     assert SpeedOptions().optimizer_kwargs() == {"foreach": True}
     assert SpeedOptions(optimizer_impl="fused").optimizer_kwargs() == {"fused": True}
 
@@ -51,7 +52,7 @@ def test_defaults_are_the_exact_path_and_the_committed_params_match_them(params)
     ("weak_no_grad", 1, "invalid params: speed.weak_no_grad = 1 (allowed: true, false)"),
     ("autocast_fp16", True, "invalid params: speed.autocast_fp16 = True (not a speed option; allowed: "
                             "channels_last, autocast_bf16, compile, compile_mode, compile_augment, optimizer_impl, "
-                            "weak_no_grad)"),
+                            "weak_no_grad, tf32)"),
     ("compile_augment", "on", "invalid params: speed.compile_augment = 'on' (allowed: true, false)"),
 ])
 def test_bad_speed_params_are_refused_naming_key_value_and_allowed(params, key, value, message):
@@ -215,6 +216,17 @@ def reference_run(workspace):
 def _mean_abs_delta(a: list[float], b: list[float]) -> float:
     assert len(a) == len(b) == 12  # 24 steps, logged every 2
     return sum(abs(x - y) for x, y in zip(a, b)) / len(a)
+
+
+def test_tf32_is_set_off_unless_asked_for_and_each_run_records_the_setting(workspace, reference_run):
+    """PyTorch's default lets cuDNN convolutions use TF32; a run sets IEEE float32 unless speed.tf32."""
+    set_float32_precision(SpeedOptions(tf32=True))
+    assert (torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision) == ("tf32", "tf32")
+    metrics, _, _ = reference_run
+    root, _ = workspace
+    assert metrics["tf32"] is False and json.loads((root / "reference/metrics.json").read_text())["tf32"] is False
+    _run(workspace, "tf32_off_again")  # a run with the default sets IEEE again, whatever the process did before
+    assert (torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision) == ("ieee", "ieee")
 
 
 def test_channels_last_training_follows_the_reference_trajectory(workspace, reference_run):

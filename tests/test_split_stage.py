@@ -18,7 +18,7 @@ from conftest import REPO
 from miniature_datasets import STL10_COUNTS, expected_images
 from paper_miniatures import STL10_TRAIN, stl10_large_folds, write_stl10_large
 from fixmatch_bench.data.prepared import load_prepared
-from fixmatch_bench.train.trainer import load_run_data
+from fixmatch_bench.train.run_data import load_run_data
 
 
 def stage(script: str, *args: str | Path, check: bool = True) -> subprocess.CompletedProcess:

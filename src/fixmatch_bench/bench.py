@@ -1,24 +1,29 @@
-"""Throughput of full FixMatch steps: the peers' pipeline vs this suite's, on random data.
+"""Throughput of the training step that `dvc repro` runs: the peers' pipeline vs this suite's, on random data.
+
+Both pipelines time the trainer's own :func:`~fixmatch_bench.train.step.fixmatch_step`,
+built by :func:`~fixmatch_bench.train.state.build_state` from the paper suite's params
+(conf/ composed with ``suite=paper``: the dataset's row of the table, ``train``,
+``threshold``, the method), on random uint8 images of the dataset's shape. They
+differ only in where the batch comes from:
 
 (a) ``peers``: what the popular PyTorch ports do. Per-image PIL augmentation
     (this suite's reference PIL RandAugment, ``impl="reference"``) in torch
     DataLoader workers, one worker per CPU core, batches copied to the device,
     fp32 eager model.
-(b) ``suite``: the uint8 dataset on the device, batches drawn there, batched
-    per-sample augmentation (``impl="batched"``) and, on CUDA, the speed
-    options :data:`GPU_SPEED` (channels_last + bf16 autocast + ``compile: step`` +
-    ``compile_augment``).
-    The first configuration also measures (b) under each rung of
-    :data:`GPU_LADDER` (each speed option added in turn; the
-    algorithm-changing ``weak_no_grad`` reported on its own row); its (b)
-    figure is the ladder's rung with the suite's options.
+(b) ``suite``: the uint8 dataset on the device, batches drawn there by
+    :func:`~fixmatch_bench.train.step.draw_batch` (batched per-sample augmentation)
+    and, on CUDA, the speed options :data:`GPU_SPEED` (channels_last + bf16
+    autocast + ``compile: step`` + ``compile_augment``). The first configuration
+    also measures (b) under each rung of :data:`GPU_LADDER` (each speed option
+    added in turn; TF32 and the algorithm-changing ``weak_no_grad`` on rows of
+    their own); its (b) figure is the ladder's rung with the suite's options.
 
-Both run the same step: augmentation, one forward/backward of the
-labeled + weak + strong batch, the cosine learning rate, SGD, EMA update (and
-CTAugment probes for CTAugment), with the EMA model evaluated on the test set every
-``eval_every`` steps, included in the end-to-end figure. For (b) a second,
-synchronised pass splits a step into augmentation, forward/backward and
-optimizer+EMA (CUDA events on GPU, ``perf_counter`` on CPU).
+A figure is the median steps/s over ``rounds`` timed windows of ``steps`` steps
+(the EMA model's test evaluation every ``eval_every`` steps included), with the
+rounds' spread. For (b) a second, synchronised pass splits a step into drawing the
+batch (sampling and augmentation) and the update (loss, backward, SGD, EMA,
+distribution alignment, CTAugment probes); CUDA events on GPU, ``perf_counter``
+on CPU.
 
 On a CPU-only machine the reduced configuration runs (small network, tiny
 batch, few steps): it exercises the code, its figures say nothing about GPUs.
@@ -30,9 +35,11 @@ writes ``throughput.md`` and ``throughput.json``.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
+import statistics
 import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -43,20 +50,23 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
+from .compose import compose_params
+from .core.config import Run
 from .train.augment import make_augmenter
-from .train.ema import ModelEMA
+from .train.distributed import SINGLE_PROCESS
 from .train.evaluation import accuracy, to_model_input
-from .train.fixmatch import Batch, fixmatch_loss
-from .train.optim import cosine_lr, make_optimizer, set_lr
-from .train.sampling import IndexStream
-from .train.speed import SpeedOptions, StepFunctions, fast_forward, prepare_model
-from .train.wide_resnet import WideResNet
+from .train.fixmatch import Batch
+from .train.run_data import RunData
+from .train.speed import SpeedOptions
+from .train.state import TrainState, build_state
+from .train.step import Drawn, StepParams, draw_batch, fixmatch_step
 
 GPU_SPEED = SpeedOptions(channels_last=True, autocast_bf16=True, compile="step", compile_augment=True)
 # (label, options): the suite's pipeline with each speed option added in turn.
 GPU_LADDER: tuple[tuple[str, SpeedOptions], ...] = (
-    ("fp32 eager", SpeedOptions()),
-    ("+ bf16 autocast + channels_last", SpeedOptions(channels_last=True, autocast_bf16=True)),
+    ("fp32 eager (TF32 off, as the paper protocol)", SpeedOptions()),
+    ("+ TF32 convolutions and matmuls (speed.tf32: not the paper protocol)", SpeedOptions(tf32=True)),
+    ("fp32 + bf16 autocast + channels_last", SpeedOptions(channels_last=True, autocast_bf16=True)),
     ("+ compile: model", replace(GPU_SPEED, compile="model", compile_augment=False)),
     ("+ compile: step", replace(GPU_SPEED, compile_augment=False)),
     ("+ compile_augment", GPU_SPEED),
@@ -72,80 +82,111 @@ CPU_LADDER: tuple[tuple[str, SpeedOptions], ...] = (
 
 @dataclass(frozen=True)
 class BenchConfig:
-    """One measured configuration (random uint8 data, official step hyper-parameters)."""
+    """One measured configuration: a dataset row and a method of the paper suite, on random data.
+
+    ``train`` and ``network`` override the paper suite's ``train`` block and the
+    dataset's network (the reduced CPU configuration only).
+    """
 
     name: str
-    network: dict[str, int]
-    image_size: int = 32
-    strong: str = "randaugment"
-    batch: int = 64
-    uratio: int = 7
-    train_size: int = 50_000
-    test_size: int = 10_000
-    num_classes: int = 10
-    steps: int = 200
+    dataset: str
+    method: str = "fixmatch_ra"
+    train: dict[str, Any] = field(default_factory=dict)
+    network: dict[str, int] = field(default_factory=dict)
+    train_size: int | None = None  # None: the dataset's (random images of its shape)
+    test_size: int | None = None
+    steps: int = 200  # per round
+    rounds: int = 5
     warmup: int = 20
     breakdown_steps: int = 50
     eval_every: int = 1024
-    eval_batch: int = 1024
     peers: bool = True  # also measure pipeline (a)
     ladder: bool = False  # also measure (b) under each rung of the speed-option ladder
 
-    @property
-    def translate(self) -> int:
-        return self.image_size // 8  # 12.5 % of the side, as in the dataset table
+    def params(self, paper: dict, options: SpeedOptions, device: torch.device) -> dict:
+        """The paper suite's params with this configuration's overrides, the speed options and the device."""
+        params = copy.deepcopy(paper)
+        params["train"].update(self.train, device=device.type)
+        params["datasets"][self.dataset]["network"].update(self.network)
+        params["speed"] = asdict(options)
+        return params
 
-    @property
-    def cutout(self) -> int:
-        return 1 + int(self.image_size * 0.499) if self.strong == "ctaugment" else 16
+    def run(self) -> Run:
+        return Run(self.dataset, 4000, self.method, 1)
 
 
 def full_configs() -> list[BenchConfig]:
-    """The GPU suite: WRN-28-2 with RandAugment (both pipelines) and CTAugment, WRN-28-8, WRN-37-2 at 96 px."""
-    wrn_28_2 = {"filters": 32, "scales": 3, "repeat": 4}
+    """The GPU suite: WRN-28-2 (CIFAR-10) with RandAugment (both pipelines) and CTAugment, WRN-28-8
+    (CIFAR-100), WRN-37-2 (STL-10, 96 px)."""
     return [
-        BenchConfig("WRN-28-2 32px RandAugment", wrn_28_2, steps=1024, warmup=50, eval_every=512, ladder=True),
-        BenchConfig("WRN-28-2 32px CTAugment", wrn_28_2, strong="ctaugment", steps=1024, warmup=50,
-                    eval_every=512, peers=False),
-        BenchConfig("WRN-28-8 32px RandAugment", {"filters": 128, "scales": 3, "repeat": 4}, steps=256, warmup=20,
+        BenchConfig("WRN-28-2 CIFAR-10 RandAugment", "cifar10", steps=256, warmup=50, eval_every=512, ladder=True),
+        BenchConfig("WRN-28-2 CIFAR-10 CTAugment", "cifar10", "fixmatch_cta", steps=256, warmup=50, eval_every=512,
+                    peers=False),
+        BenchConfig("WRN-28-8 CIFAR-100 RandAugment", "cifar100", steps=64, warmup=20, eval_every=128, peers=False),
+        BenchConfig("WRN-37-2 STL-10 96px RandAugment", "stl10", train_size=5_000, steps=64, warmup=20,
                     eval_every=128, peers=False),
-        BenchConfig("WRN-37-2 96px RandAugment", {"filters": 32, "scales": 4, "repeat": 4}, image_size=96,
-                    train_size=5_000, test_size=8_000, steps=256, warmup=20, eval_every=128, peers=False),
     ]
 
 
 def reduced_configs() -> list[BenchConfig]:
-    """The CPU smoke version: CIFAR-shaped images, a small network, B=2 (mu=7), a few steps."""
-    return [BenchConfig("reduced CPU: ResNet filters 16, 2 scales x 1 block, 32px RandAugment, B=2, mu=7", {"filters": 16, "scales": 2, "repeat": 1},
-                        batch=2, train_size=2048, test_size=256, steps=16, warmup=4, breakdown_steps=8,
-                        eval_every=8, eval_batch=256, ladder=True)]
+    """The CPU smoke version: CIFAR-10-shaped images, a small network, B=2 (mu=7), a few steps."""
+    return [BenchConfig("reduced CPU: CIFAR-10 shapes, ResNet filters 16, 2 scales x 1 block, RandAugment, B=2, mu=7",
+                        "cifar10", train={"batch": 2, "eval_batch": 256},
+                        network={"filters": 16, "scales": 2, "repeat": 1}, train_size=2048, test_size=256,
+                        steps=8, rounds=5, warmup=4, breakdown_steps=8, eval_every=8, ladder=True)]
+
+
+def random_data(config: BenchConfig, facts: dict, device: torch.device, seed: int = 0) -> RunData:
+    """Random uint8 images of the dataset's shape, all labeled (the pools' sizes do not change a step's cost)."""
+    generator = torch.Generator().manual_seed(seed)
+    shape = (facts["channels"], facts["image_size"], facts["image_size"])
+    classes, train_size = facts["num_classes"], config.train_size or facts["train_size"]
+    test_size = config.test_size or facts["test_size"]
+    images = torch.randint(0, 256, (train_size, *shape), dtype=torch.uint8, generator=generator).to(device)
+    targets = torch.randint(0, classes, (train_size,), generator=generator).to(device)
+    return RunData(labeled_images=images, labeled_targets=targets, unlabeled_images=images,
+                   unlabeled_targets=targets,
+                   test_images=torch.randint(0, 256, (test_size, *shape), dtype=torch.uint8,
+                                             generator=generator).to(device),
+                   test_targets=torch.randint(0, classes, (test_size,), generator=generator).to(device),
+                   class_distribution=torch.full((classes,), 1.0 / classes, device=device),
+                   dataset_sha256="random", split_sha256="random")
 
 
 @dataclass
-class RandomData:
-    """Random uint8 NCHW images and labels of a config's shape."""
+class StepUnderTest:
+    """A real training state and the calls that advance it: what both pipelines time."""
 
-    train: Tensor
-    train_targets: Tensor
-    test: Tensor
-    test_targets: Tensor
+    params: dict
+    data: RunData
+    state: TrainState
+    hp: StepParams
+    step: Callable[[], object]  # one training step, the batch included
+    device: torch.device
 
-    @classmethod
-    def make(cls, config: BenchConfig, seed: int = 0) -> RandomData:
-        generator = torch.Generator().manual_seed(seed)
-        shape = (3, config.image_size, config.image_size)
-        return cls(torch.randint(0, 256, (config.train_size, *shape), dtype=torch.uint8, generator=generator),
-                   torch.randint(0, config.num_classes, (config.train_size,), generator=generator),
-                   torch.randint(0, 256, (config.test_size, *shape), dtype=torch.uint8, generator=generator),
-                   torch.randint(0, config.num_classes, (config.test_size,), generator=generator))
+    def evaluate(self) -> Tensor:
+        """The EMA model's accuracy on the test set, as the trainer evaluates it."""
+        return accuracy(self.state.ema_forward, self.data.test_images, self.data.test_targets,
+                        self.params["train"]["eval_batch"])
+
+
+def suite_step(config: BenchConfig, paper: dict, device: torch.device, options: SpeedOptions) -> StepUnderTest:
+    """Pipeline (b): :func:`draw_batch` on device-resident data, then :func:`fixmatch_step`."""
+    params, run = config.params(paper, options, device), config.run()
+    data = random_data(config, params["datasets"][config.dataset], device)
+    state, hp = build_state(params, run, data, device, SINGLE_PROCESS), StepParams.build(params, run)
+    state.model.train()
+    return StepUnderTest(params, data, state, hp, lambda: fixmatch_step(state, draw_batch(state, data, hp), hp),
+                         device)
 
 
 class _PerImage(Dataset):
     """Per-image augmentation in the worker, as the peers do (one generator per worker process)."""
 
-    def __init__(self, images: Tensor, targets: Tensor, config: BenchConfig, unlabeled: bool):
+    def __init__(self, images: Tensor, targets: Tensor, facts: dict, unlabeled: bool):
         self.images, self.targets, self.unlabeled = images, targets, unlabeled
-        self.augmenter = make_augmenter("randaugment", "reference", True, config.translate, config.cutout)
+        self.augmenter = make_augmenter("randaugment", "reference", facts["flip"], facts["translate"],
+                                        facts["ra_cutout"], ra_translate_scale=facts["ra_translate_scale"])
         self.generator: torch.Generator | None = None
 
     def __len__(self) -> int:
@@ -167,165 +208,97 @@ def _endless(loader: DataLoader):
         yield from loader
 
 
+def worker_split(workers: int) -> tuple[int, int]:
+    """DataLoader workers of the labeled and the unlabeled stream (1 : 7, as their batches)."""
+    labeled = max(1, workers // 8)
+    return labeled, max(1, workers - labeled)
+
+
+def peers_step(config: BenchConfig, paper: dict, device: torch.device, workers: int) -> StepUnderTest:
+    """Pipeline (a): per-image PIL RandAugment in DataLoader workers feeding :func:`fixmatch_step`, fp32 eager."""
+    under_test = suite_step(config, paper, device, SpeedOptions())
+    state, hp, hyper = under_test.state, under_test.hp, under_test.params["train"]
+    facts = under_test.params["datasets"][config.dataset]
+    data = random_data(config, facts, torch.device("cpu"))
+    loaders = []
+    for unlabeled, size, count in zip((False, True), (hyper["batch"], hyper["batch"] * hyper["uratio"]),
+                                      worker_split(workers)):
+        dataset = _PerImage(data.labeled_images, data.labeled_targets, facts, unlabeled)
+        sampler = RandomSampler(dataset, replacement=True, num_samples=10**9)
+        loaders.append(_endless(DataLoader(dataset, size, sampler=sampler, num_workers=count, drop_last=True,
+                                           pin_memory=device.type == "cuda", persistent_workers=True)))
+    labeled_loader, unlabeled_loader = loaders
+
+    def step() -> None:
+        images, targets = next(labeled_loader)
+        weak, strong = next(unlabeled_loader)
+        images, weak, strong = (part.to(device, non_blocking=True) for part in (images, weak, strong))
+        batch = Batch(to_model_input(images), targets.to(device, non_blocking=True), to_model_input(weak),
+                      to_model_input(strong))
+        fixmatch_step(state, Drawn(batch, images), hp)
+
+    return replace(under_test, step=step)
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
-@dataclass
-class _Trainer:
-    """Model, EMA, optimizer and evaluation shared by both pipelines."""
-
-    config: BenchConfig
-    device: torch.device
-    speed: SpeedOptions
-    test: Tensor
-    test_targets: Tensor
-    model: torch.nn.Module = field(init=False)
-
-    def __post_init__(self) -> None:
-        torch.manual_seed(0)
-        torch.compiler.reset()  # each measurement compiles afresh (and stays under the recompile limit)
-        self.model = prepare_model(WideResNet(self.config.num_classes, 3, **self.config.network).to(self.device),
-                                   self.speed).train()
-        self.ema = ModelEMA(self.model, 0.999)
-        self.optimizer = make_optimizer(self.model, 0.03, 0.9, True, 5e-4, **self.speed.optimizer_kwargs())
-        self.forward = fast_forward(self.model, self.speed, training=True)
-        self.ema_forward = fast_forward(self.ema.module, self.speed)
-        self.step_functions = StepFunctions.build(fixmatch_loss, self.optimizer, self.ema.update, self.speed)
-        self.step = 0
-
-    def loss_backward(self, batch: Batch) -> dict[str, Tensor]:
-        loss, logs = self.step_functions.loss(self.forward, batch, 0.95, 1.0, weak_no_grad=self.speed.weak_no_grad)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        return logs
-
-    def optimizer_ema(self) -> None:
-        set_lr(self.optimizer, cosine_lr(0.03, self.step, 2**20), as_tensor=self.speed.lr_as_tensor)
-        self.step += 1
-        self.step_functions.optimizer_step()
-        self.step_functions.ema_update(self.model)
-
-    def evaluate(self) -> Tensor:
-        return accuracy(self.ema_forward, self.test, self.test_targets, self.config.eval_batch)
-
-
-def _timed(config: BenchConfig, device: torch.device, step: Callable[[], None], evaluate: Callable[[], Any]) -> float:
-    """Steps per second over ``config.steps`` steps after ``config.warmup``, evaluations included."""
+def timed_rounds(config: BenchConfig, under_test: StepUnderTest) -> list[float]:
+    """Steps per second of each of ``config.rounds`` windows of ``config.steps`` steps after
+    ``config.warmup`` steps, the periodic evaluation included."""
     for _ in range(config.warmup):
-        step()
-    evaluate()  # compile / warm the evaluation path outside the timed window
-    _sync(device)
-    started = time.perf_counter()
-    for index in range(1, config.steps + 1):
-        step()
-        if index % config.eval_every == 0:
-            evaluate()
-    _sync(device)
-    return config.steps / (time.perf_counter() - started)
+        under_test.step()
+    under_test.evaluate()  # compile / warm the evaluation path outside the timed windows
+    rounds, done = [], 0
+    for _ in range(config.rounds):
+        _sync(under_test.device)
+        started = time.perf_counter()
+        for _ in range(config.steps):
+            under_test.step()
+            done += 1
+            if done % config.eval_every == 0:
+                under_test.evaluate()
+        _sync(under_test.device)
+        rounds.append(config.steps / (time.perf_counter() - started))
+    return rounds
 
 
-def measure_peers(config: BenchConfig, data: RandomData, device: torch.device, workers: int) -> dict[str, float]:
-    """Pipeline (a): per-image PIL RandAugment in DataLoader workers, fp32 eager model."""
-    labeled_workers = max(1, workers // 8)
-    unlabeled_workers = max(1, workers - labeled_workers)
-    loaders = []
-    for unlabeled, batch, count in ((False, config.batch, labeled_workers),
-                                    (True, config.batch * config.uratio, unlabeled_workers)):
-        dataset = _PerImage(data.train, data.train_targets, config, unlabeled)
-        sampler = RandomSampler(dataset, replacement=True, num_samples=10**9)
-        loaders.append(_endless(DataLoader(dataset, batch, sampler=sampler, num_workers=count, drop_last=True,
-                                           pin_memory=device.type == "cuda", persistent_workers=True)))
-    labeled_loader, unlabeled_loader = loaders
-    trainer = _Trainer(config, device, SpeedOptions(), data.test.to(device), data.test_targets.to(device))
-
-    def step() -> None:
-        images, targets = next(labeled_loader)
-        weak, strong = next(unlabeled_loader)
-        move = lambda images: to_model_input(images.to(device, non_blocking=True))  # noqa: E731
-        trainer.loss_backward(Batch(move(images), targets.to(device, non_blocking=True), move(weak), move(strong)))
-        trainer.optimizer_ema()
-
-    steps_per_s = _timed(config, device, step, trainer.evaluate)
-    return {"steps_per_s": steps_per_s, "workers": labeled_workers + unlabeled_workers}
+def _summary(rounds: list[float]) -> dict[str, Any]:
+    return {"steps_per_s": statistics.median(rounds), "steps_per_s_rounds": rounds,
+            "steps_per_s_stdev": statistics.stdev(rounds) if len(rounds) > 1 else 0.0}
 
 
-class _SuiteStep:
-    """Pipeline (b): one step on device-resident uint8 data, phases callable separately for the breakdown."""
-
-    def __init__(self, config: BenchConfig, data: RandomData, device: torch.device, speed: SpeedOptions):
-        self.config, self.device = config, device
-        self.images, self.targets = data.train.to(device), data.train_targets.to(device)
-        self.trainer = _Trainer(config, device, speed, data.test.to(device), data.test_targets.to(device))
-        self.augmenter = make_augmenter(config.strong, "batched", True, config.translate, config.cutout)
-        if speed.compile_augment:
-            self.augmenter.compile()
-        self.sample_generator = torch.Generator(device=device).manual_seed(0)
-        self.augment_generator = torch.Generator(device=device).manual_seed(1)
-        self.labeled = IndexStream(config.train_size, config.batch, self.sample_generator)
-        self.unlabeled = IndexStream(config.train_size, config.batch * config.uratio, self.sample_generator)
-        self._labeled_images: Tensor | None = None
-
-    def augment(self) -> Batch:
-        index, unlabeled_index = self.labeled.next(), self.unlabeled.next()
-        labeled = self.augmenter.weak(self.images[index], self.augment_generator)
-        self._labeled_images = labeled
-        unlabeled = self.images[unlabeled_index]
-        return Batch(to_model_input(labeled), self.targets[index],
-                     to_model_input(self.augmenter.weak(unlabeled, self.augment_generator)),
-                     to_model_input(self.augmenter.strong(unlabeled, self.augment_generator)))
-
-    def probes(self, targets: Tensor) -> None:
-        """CTAugment's rate update from EMA-model predictions on probe images (counted as augmentation)."""
-        if self.config.strong != "ctaugment":
-            return
-        probes, policies = self.augmenter.probe(self._labeled_images, self.augment_generator)
-        with torch.no_grad():
-            probabilities = torch.softmax(self.trainer.ema_forward(to_model_input(probes)), dim=1)
-        self.augmenter.update(policies, probabilities.gather(1, targets[:, None]).squeeze(1))
-
-    def __call__(self) -> None:
-        batch = self.augment()
-        self.trainer.loss_backward(batch)
-        self.trainer.optimizer_ema()
-        self.probes(batch.targets)
+def measure_peers(config: BenchConfig, paper: dict, device: torch.device, workers: int) -> dict[str, Any]:
+    """Pipeline (a): steps/s (median over rounds, with their spread)."""
+    return {**_summary(timed_rounds(config, peers_step(config, paper, device, workers))),
+            "workers": sum(worker_split(workers))}
 
 
-def _breakdown(run: _SuiteStep, steps: int) -> dict[str, float]:
-    """Mean ms per step of each phase, synchronised (so it slightly overstates the pipelined total)."""
-    phases = ("augmentation_ms", "forward_backward_ms", "optimizer_ema_ms")
-    totals = dict.fromkeys(phases, 0.0)
-    cuda = run.device.type == "cuda"
-    for _ in range(steps):
-        if cuda:
-            marks = [torch.cuda.Event(enable_timing=True) for _ in range(4)]
-            marks[0].record()
-        else:
-            marks = [time.perf_counter()]
-        batch = run.augment()
-        marks[1].record() if cuda else marks.append(time.perf_counter())
-        run.trainer.loss_backward(batch)
-        marks[2].record() if cuda else marks.append(time.perf_counter())
-        run.trainer.optimizer_ema()
-        run.probes(batch.targets)  # CTAugment only; it is part of the augmentation policy's cost
-        marks[3].record() if cuda else marks.append(time.perf_counter())
-        if cuda:
-            torch.cuda.synchronize(run.device)
-            spans = [marks[i].elapsed_time(marks[i + 1]) for i in range(3)]
-        else:
-            spans = [(marks[i + 1] - marks[i]) * 1000.0 for i in range(3)]
-        for phase, span in zip(phases, spans):
-            totals[phase] += span
-    return {phase: total / steps for phase, total in totals.items()}
+def _breakdown(config: BenchConfig, under_test: StepUnderTest) -> dict[str, float]:
+    """Mean ms per step of drawing the batch and of the update, synchronised (so it slightly
+    overstates the pipelined total)."""
+    state, hp, device = under_test.state, under_test.hp, under_test.device
+    totals = {"batch_ms": 0.0, "update_ms": 0.0}
+    for _ in range(config.breakdown_steps):
+        _sync(device)
+        started = time.perf_counter()
+        drawn = draw_batch(state, under_test.data, hp)
+        _sync(device)
+        drawn_at = time.perf_counter()
+        fixmatch_step(state, drawn, hp)
+        _sync(device)
+        totals["batch_ms"] += (drawn_at - started) * 1000.0
+        totals["update_ms"] += (time.perf_counter() - drawn_at) * 1000.0
+    return {phase: total / config.breakdown_steps for phase, total in totals.items()}
 
 
-def measure_suite(config: BenchConfig, data: RandomData, device: torch.device, speed: SpeedOptions) -> dict[str, Any]:
-    """Pipeline (b): end-to-end steps/s, then the per-phase breakdown."""
-    run = _SuiteStep(config, data, device, speed)
-    steps_per_s = _timed(config, device, run, run.trainer.evaluate)
-    return {"steps_per_s": steps_per_s, "speed_options": asdict(speed),
-            "breakdown_ms": _breakdown(run, config.breakdown_steps)}
+def measure_suite(config: BenchConfig, paper: dict, device: torch.device, options: SpeedOptions) -> dict[str, Any]:
+    """Pipeline (b): steps/s (median over rounds, with their spread), then the per-phase breakdown."""
+    under_test = suite_step(config, paper, device, options)
+    summary = _summary(timed_rounds(config, under_test))
+    return {**summary, "speed_options": asdict(options), "breakdown_ms": _breakdown(config, under_test)}
 
 
 def _attempt(what: str, measure: Callable[[], dict[str, Any]]) -> dict[str, Any]:
@@ -355,23 +328,23 @@ def run_benchmark(device: torch.device | None = None, reduced: bool | None = Non
     cuda = device.type == "cuda"
     speed, ladder = (GPU_SPEED, GPU_LADDER) if cuda else (SpeedOptions(), CPU_LADDER)
     load_average = os.getloadavg()[0]  # other processes on the host skew every figure
+    paper = compose_params(["suite=paper"])
     results = []
     for config in (reduced_configs() if reduced else full_configs()):
         if only is not None and only not in config.name:
             continue
-        data = RandomData.make(config)
         row: dict[str, Any] = {"config": config.name, "settings": asdict(config)}
         suite = None  # (b) is the ladder's rung with the suite's options when there is one (measured once)
         if config.ladder:
             row["ladder"] = []
             for label, options in ladder:
-                measured = _attempt(f"{config.name}: (b) {label}", lambda: measure_suite(config, data, device, options))
+                measured = _attempt(f"{config.name}: (b) {label}", lambda: measure_suite(config, paper, device, options))
                 row["ladder"].append(dict(label=label, **measured))
                 if options == speed:
                     suite = measured
-        row["suite"] = suite or _attempt(f"{config.name}: (b) suite", lambda: measure_suite(config, data, device, speed))
+        row["suite"] = suite or _attempt(f"{config.name}: (b) suite", lambda: measure_suite(config, paper, device, speed))
         if config.peers:
-            row["peers"] = _attempt(f"{config.name}: (a) peers", lambda: measure_peers(config, data, device, workers))
+            row["peers"] = _attempt(f"{config.name}: (a) peers", lambda: measure_peers(config, paper, device, workers))
             if "steps_per_s" in row["suite"] and "steps_per_s" in row["peers"]:
                 row["ratio"] = row["suite"]["steps_per_s"] / row["peers"]["steps_per_s"]
         results.append(row)
@@ -386,16 +359,18 @@ def _figure(value: float | None, unit: str = "") -> str:
 
 def _phases(measured: dict[str, Any]) -> str:
     if "error" in measured:
-        return "— | — | —"
+        return "— | —"
     breakdown = measured["breakdown_ms"]
-    return (f"{breakdown['augmentation_ms']:.1f} | {breakdown['forward_backward_ms']:.1f} | "
-            f"{breakdown['optimizer_ema_ms']:.1f}")
+    return f"{breakdown['batch_ms']:.1f} | {breakdown['update_ms']:.1f}"
 
 
 def _steps(measured: dict[str, Any] | None) -> str:
+    """Median steps/s ± the rounds' standard deviation."""
     if measured is None:
         return "—"
-    return "failed (see throughput.json)" if "error" in measured else _figure(measured["steps_per_s"])
+    if "error" in measured:
+        return "failed (see throughput.json)"
+    return f"{measured['steps_per_s']:.2f} ± {measured['steps_per_s_stdev']:.2f}"
 
 
 def _cta_vs_ra(results: list[dict[str, Any]]) -> list[str]:
@@ -417,15 +392,15 @@ def render_markdown(report: dict[str, Any]) -> str:
              f"Device: {report['device']}; torch {report['torch']}; "
              f"{'full GPU suite' if not report['reduced'] else 'REDUCED configuration (smoke test, not a GPU figure)'}; "
              f"host load average at start {report['load_average_1min']:.2f}.",
-             "", "Made by `python -m fixmatch_bench.bench` (random uint8 data; a step = augmentation, "
-             "forward/backward of labeled + weak + strong, cosine learning rate, SGD, EMA; periodic EMA "
-             "evaluation included).",
+             "", "Made by `python -m fixmatch_bench.bench`: the trainer's own step (`train/step.py` "
+             "`fixmatch_step`, built from the paper suite's params) on random uint8 data of the dataset's shape; "
+             "periodic EMA evaluation included. Steps/s: median over the rounds ± their standard deviation.",
              "(a) peers: per-image PIL RandAugment in DataLoader workers (one per core), fp32 eager. "
-             "(b) suite: uint8 data on the device, batched per-sample augmentation"
+             "(b) suite: uint8 data on the device, `draw_batch` (batched per-sample augmentation)"
              f"{', channels_last + bf16 autocast + compile: step + compile_augment' if gpu else ' (speed options off on CPU)'}.",
              "",
-             "| configuration | (a) peers steps/s | (b) suite steps/s | ratio b/a | aug ms | fwd+bwd ms | opt+EMA ms |",
-             "|---|---|---|---|---|---|---|"]
+             "| configuration | (a) peers steps/s | (b) suite steps/s | ratio b/a | batch ms | update ms |",
+             "|---|---|---|---|---|---|"]
     for row in report["results"]:
         lines.append(f"| {row['config']} | {_steps(row.get('peers'))} | {_steps(row['suite'])} | "
                      f"{_figure(row.get('ratio'), 'x')} | {_phases(row['suite'])} |")
@@ -437,8 +412,8 @@ def render_markdown(report: dict[str, Any]) -> str:
             continue
         base = row["ladder"][0].get("steps_per_s")
         lines += ["", f"Speed options one by one, (b) on {row['config']}:", "",
-                  "| speed options | steps/s | vs first row | aug ms | fwd+bwd ms | opt+EMA ms |",
-                  "|---|---|---|---|---|---|"]
+                  "| speed options | steps/s | vs first row | batch ms | update ms |",
+                  "|---|---|---|---|---|"]
         for rung in row["ladder"]:
             ratio = rung["steps_per_s"] / base if base and "steps_per_s" in rung else None
             lines.append(f"| {rung['label']} | {_steps(rung)} | {_figure(ratio, 'x')} | {_phases(rung)} |")
@@ -446,8 +421,9 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines += ["", "GPU figures: not measured (no GPU on this machine). On a GPU host run "
                   "`uv run python -m fixmatch_bench.bench` to measure the full suite "
                   "(WRN-28-2 RA/CTA with the speed-option ladder, WRN-28-8, WRN-37-2 at 96 px)."]
-    lines += ["", "The breakdown is a separate synchronised pass of (b); its sum can exceed 1000 / steps/s "
-              "because phases no longer overlap."]
+    lines += ["", "The breakdown is a separate synchronised pass of (b): `draw_batch` (sampling, augmentation) "
+              "and `fixmatch_step` (loss, backward, SGD, EMA, distribution alignment, CTAugment probes); its "
+              "sum can exceed 1000 / steps/s because the phases no longer overlap."]
     return "\n".join(lines) + "\n"
 
 

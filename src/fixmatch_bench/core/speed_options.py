@@ -12,9 +12,9 @@ from typing import Any
 COMPILE = ("none", "model", "step")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 OPTIMIZER_IMPLS = ("for_loop", "foreach", "fused")
-FLAGS = ("channels_last", "autocast_bf16", "compile_augment", "weak_no_grad")  # the boolean options
+FLAGS = ("channels_last", "autocast_bf16", "compile_augment", "weak_no_grad", "tf32")  # the boolean options
 # Options that change what a run computes beyond float rounding: part of a run's fingerprint.
-CHANGES_RESULTS = ("autocast_bf16", "weak_no_grad")
+CHANGES_RESULTS = ("autocast_bf16", "weak_no_grad", "tf32")
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,7 @@ class SpeedOptions:
     compile_augment: bool = False
     optimizer_impl: str = "foreach"
     weak_no_grad: bool = False
+    tf32: bool = False
 
     def __post_init__(self) -> None:
         for name in FLAGS:

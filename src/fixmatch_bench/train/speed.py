@@ -31,6 +31,11 @@ on CUDA it is PyTorch's own default). The others trade exactness for speed:
   generators). Bit-identical to the eager ops (checked on CPU); meant for CUDA:
   on CPU the eager bucketed path is much faster (measured on 448 CIFAR-sized
   images: 10.5 ms eager vs 352 ms compiled-dense for RandAugment).
+- ``tf32``: on CUDA, allow TensorFloat-32 in cuDNN convolutions and in matmuls
+  (operands rounded to a 10-bit mantissa; faster on Ampere and newer GPUs).
+  Off by default, and then set off explicitly: PyTorch's own default lets cuDNN
+  convolutions use TF32, where the official TensorFlow 1.x code ran float32
+  (docs/protocol.md §10). Part of a run's fingerprint and recorded in its metrics.
 - ``weak_no_grad``: ALGORITHM-CHANGING. The weak view goes through the
   network in its own forward pass under ``no_grad`` instead of the one
   concatenated pass: BatchNorm normalises the weak images with their own batch
@@ -72,6 +77,13 @@ class FastForward(nn.Module):
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.autocast_bf16):
             logits = self.module(x)
         return logits.float()
+
+
+def set_float32_precision(options: SpeedOptions) -> None:
+    """IEEE float32 (the default) or TF32 for CUDA matmuls and cuDNN convolutions, process-wide."""
+    precision = "tf32" if options.tf32 else "ieee"
+    torch.backends.cuda.matmul.fp32_precision = precision
+    torch.backends.cudnn.conv.fp32_precision = precision
 
 
 def prepare_model(model: nn.Module, options: SpeedOptions) -> nn.Module:

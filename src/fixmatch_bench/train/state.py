@@ -1,0 +1,129 @@
+"""Everything a run's updates change, in one object: what a checkpoint saves and restores.
+
+:func:`build_state` builds it from params (seeded per run and fold); ``state_dict()`` /
+``load_state_dict()`` cover the model, the EMA, the optimizer, CTAugment's rates, the
+distribution-alignment buffer, the index streams and every random generator, so a
+resumed run draws and computes exactly what an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..core.config import Run
+from .augment import Augmenter, make_augmenter
+from .distributed import World
+from .distribution_alignment import DistributionAlignment
+from .ema import ModelEMA
+from .fixmatch import fixmatch_loss
+from .optim import make_optimizer
+from .run_data import RunData
+from .sampling import IndexStream
+from .speed import SpeedOptions, StepFunctions, fast_forward, prepare_model, set_float32_precision
+from .wide_resnet import WideResNet
+
+
+@dataclass
+class TrainState:
+    """The training state of one run after ``step`` updates, and the forwards that run on it."""
+
+    model: nn.Module
+    ema: ModelEMA
+    optimizer: torch.optim.Optimizer
+    augmenter: Augmenter
+    alignment: DistributionAlignment | None  # FixMatch + distribution alignment only
+    sample_generator: torch.Generator  # the index streams' draws
+    augment_generator: torch.Generator  # every augmentation draw
+    labeled_stream: IndexStream
+    unlabeled_stream: IndexStream
+    # How updates run, rebuilt from params and never saved:
+    forward: nn.Module  # the training forward (DDP, memory format, autocast, compilation)
+    ema_forward: nn.Module  # the EMA model's forward: evaluation and CTAugment probes
+    functions: StepFunctions
+    step: int = 0
+
+    def state_dict(self) -> dict:
+        return {
+            "step": self.step,
+            "model": self.model.state_dict(), "ema": self.ema.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "augmenter": self.augmenter.state_dict(),
+            "alignment": self.alignment.state_dict() if self.alignment is not None else None,
+            "generators": {"sample": self.sample_generator.get_state(), "augment": self.augment_generator.get_state()},
+            "streams": {"labeled": self.labeled_stream.state_dict(), "unlabeled": self.unlabeled_stream.state_dict()},
+            "rng": _global_rng_states(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step = state["step"]
+        self.model.load_state_dict(state["model"])
+        self.ema.load_state_dict(state["ema"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.augmenter.load_state_dict(state["augmenter"])
+        if self.alignment is not None:
+            self.alignment.load_state_dict(state["alignment"])
+        self.sample_generator.set_state(state["generators"]["sample"])
+        self.augment_generator.set_state(state["generators"]["augment"])
+        self.labeled_stream.load_state_dict(state["streams"]["labeled"])
+        self.unlabeled_stream.load_state_dict(state["streams"]["unlabeled"])
+        _set_global_rng_states(state["rng"])
+
+
+def build_state(params: dict, run: Run, data: RunData, device: torch.device, world: World) -> TrainState:
+    """A run's state at step 0: seeded with ``train.seed * 1000 + fold``, built on ``device``."""
+    hp, facts, method = params["train"], params["datasets"][run.dataset], params["methods"][run.method]
+    seed = hp["seed"] * 1000 + run.fold
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed)
+    speed = SpeedOptions.from_params(params.get("speed"))
+    set_float32_precision(speed)
+    if speed.compiles:
+        torch.compiler.reset()  # compile afresh: the same graphs whether this process trained other runs or not
+    model = WideResNet(num_classes=facts["num_classes"], in_channels=facts["channels"], **facts["network"]).to(device)
+    prepare_model(model, speed)
+    ema = ModelEMA(model, hp["ema"])
+    optimizer = make_optimizer(model, hp["lr"], hp["momentum"], hp["nesterov"], facts["weight_decay"],
+                               **speed.optimizer_kwargs())
+    cutout = facts["cta_cutout"] if method["strong"] == "ctaugment" else facts["ra_cutout"]
+    options = {"ra_translate_scale": facts["ra_translate_scale"]} if method["strong"] == "randaugment" else {}
+    augmenter = make_augmenter(strong=method["strong"], impl=params["augment"]["impl"], flip=facts["flip"],
+                               translate=facts["translate"], cutout=cutout, **options)
+    if speed.compile_augment:
+        augmenter.compile()
+    sample_generator = torch.Generator(device=device).manual_seed(seed)
+    return TrainState(
+        model=model, ema=ema, optimizer=optimizer, augmenter=augmenter,
+        alignment=(DistributionAlignment(facts["num_classes"], data.class_distribution)
+                   if method["distribution_alignment"] else None),
+        sample_generator=sample_generator,
+        augment_generator=torch.Generator(device=device).manual_seed(seed + 1),
+        labeled_stream=IndexStream(len(data.labeled_targets), hp["batch"], sample_generator),
+        unlabeled_stream=IndexStream(len(data.unlabeled_targets), hp["batch"] * hp["uratio"], sample_generator),
+        # EMA, probes and checkpoints use the plain modules; training goes through DDP when distributed.
+        forward=fast_forward(world.wrap(model), speed, training=True),
+        ema_forward=fast_forward(ema.module, speed),
+        functions=StepFunctions.build(fixmatch_loss, optimizer, ema.update, speed),
+    )
+
+
+def _global_rng_states() -> dict:
+    numpy_state = np.random.get_state()
+    return {
+        "python": list(random.getstate()[1]),
+        "numpy": {"keys": torch.from_numpy(numpy_state[1].copy()), "pos": int(numpy_state[2])},
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def _set_global_rng_states(state: dict) -> None:
+    random.setstate((3, tuple(state["python"]), None))
+    np.random.set_state(("MT19937", state["numpy"]["keys"].numpy(), state["numpy"]["pos"], 0, 0.0))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

@@ -1,0 +1,107 @@
+"""One FixMatch training step: draw and augment a batch, then one update of the whole state.
+
+:func:`draw_batch` and :func:`fixmatch_step` are what `dvc repro` trains with and what
+the benchmark times. Under torchrun every rank draws the same global batch from
+identically seeded generators and augments its share of it (:class:`StepParams`
+holds the shares; docs/multi_gpu.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ..core.config import Run
+from .distributed import SINGLE_PROCESS, World
+from .evaluation import to_model_input
+from .fixmatch import Batch
+from .optim import cosine_lr, set_lr
+from .run_data import RunData
+from .speed import SpeedOptions
+from .state import TrainState
+
+
+@dataclass(frozen=True)
+class StepParams:
+    """What one step reads from params (``train``, ``threshold``, the run's method) and this rank's shares."""
+
+    lr: float
+    steps: int
+    threshold: float
+    unlabeled_weight: float
+    uses_unlabeled: bool  # semi-supervised method and uratio > 0
+    ctaugment: bool  # update CTAugment's rates from the EMA model's predictions on probe images
+    weak_no_grad: bool
+    lr_as_tensor: bool
+    labeled_share: slice  # this rank's part of the global labeled batch
+    unlabeled_share: slice
+
+    @classmethod
+    def build(cls, params: dict, run: Run, world: World = SINGLE_PROCESS) -> StepParams:
+        hp, method = params["train"], params["methods"][run.method]
+        speed = SpeedOptions.from_params(params.get("speed"))
+        uses_unlabeled = bool(method["unlabeled"]) and hp["uratio"] > 0
+        return cls(lr=hp["lr"], steps=hp["steps"], threshold=params["threshold"],
+                   unlabeled_weight=hp["unlabeled_weight"] * uses_unlabeled, uses_unlabeled=uses_unlabeled,
+                   ctaugment=method["strong"] == "ctaugment", weak_no_grad=speed.weak_no_grad,
+                   lr_as_tensor=speed.lr_as_tensor, labeled_share=world.share(hp["batch"], "train.batch"),
+                   unlabeled_share=world.share(hp["batch"] * hp["uratio"], "train.batch * train.uratio"))
+
+
+@dataclass(frozen=True)
+class Drawn:
+    """This rank's batch, and the global labeled weak view (uint8) that CTAugment's probes start from."""
+
+    batch: Batch
+    labeled_view: Tensor
+
+
+def draw_batch(state: TrainState, data: RunData, hp: StepParams) -> Drawn:
+    """The next global batch, drawn the same on every rank, with this rank's share augmented."""
+    labeled_index = state.labeled_stream.next()
+    labeled = state.augmenter.weak(data.labeled_images[labeled_index], state.augment_generator)
+    batch = Batch(labeled=to_model_input(labeled[hp.labeled_share]),
+                  targets=data.labeled_targets[labeled_index][hp.labeled_share])
+    if hp.uses_unlabeled:
+        index = state.unlabeled_stream.next()
+        images, share, generator = data.unlabeled_images[index], hp.unlabeled_share, state.augment_generator
+        batch = Batch(labeled=batch.labeled, targets=batch.targets,
+                      weak=to_model_input(state.augmenter.weak(images, generator, share)),
+                      strong=to_model_input(state.augmenter.strong(images, generator, share)),
+                      unlabeled_targets=data.unlabeled_targets[index][share])
+    return Drawn(batch, labeled)
+
+
+def fixmatch_step(state: TrainState, drawn: Drawn, hp: StepParams, world: World = SINGLE_PROCESS) -> dict:
+    """One update: the loss (:func:`~.fixmatch.fixmatch_loss`), SGD at the step's cosine learning
+    rate, BN statistics from rank 0, the EMA, then the distribution-alignment buffer and CTAugment's
+    rates. Returns the loss's logs (device tensors, no host sync) and the learning rate."""
+    lr = cosine_lr(hp.lr, state.step, hp.steps)
+    set_lr(state.optimizer, lr, as_tensor=hp.lr_as_tensor)
+    align = state.alignment.align if state.alignment is not None else None
+    loss, logs = state.functions.loss(state.forward, drawn.batch, hp.threshold, hp.unlabeled_weight,
+                                      align=align, weak_no_grad=hp.weak_no_grad)
+    state.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    state.functions.optimizer_step()
+    world.sync_buffers(state.model)
+    state.functions.ema_update(state.model)
+    if state.alignment is not None:
+        state.alignment.update(logs["weak_probs"])
+    if hp.ctaugment:
+        update_ctaugment(state, drawn, hp, world)
+    state.step += 1
+    return {**logs, "lr": lr}
+
+
+def update_ctaugment(state: TrainState, drawn: Drawn, hp: StepParams, world: World) -> None:
+    """CTAugment's rate update from the EMA model's confidence in the true label of probe images
+    (one probe per labeled image of this rank's share; the rates see every rank's probes)."""
+    probes, policies = state.augmenter.probe(drawn.labeled_view, state.augment_generator, hp.labeled_share)
+    state.ema.module.eval()
+    with torch.no_grad():
+        probabilities = torch.softmax(state.ema_forward(to_model_input(probes)), dim=1)
+    p_true = probabilities.gather(1, drawn.batch.targets[:, None]).squeeze(1)
+    state.augmenter.update(world.gather(policies), world.gather(p_true))
