@@ -16,6 +16,7 @@ import torch
 
 from fixmatch_bench.bench import GPU_SPEED, full_configs, peers_step, reduced_configs, suite_step
 from fixmatch_bench.compose import compose_params
+from fixmatch_bench.core.config import validate_params
 from fixmatch_bench.train.speed import SpeedOptions
 
 REPO = Path(__file__).resolve().parents[1]
@@ -26,7 +27,7 @@ STEPS_PER_S: dict[str, float] = {}  # median of each pipeline, for the ratio
 
 @pytest.mark.parametrize("pipeline", ["peers", "suite"])  # the baseline first
 def test_fixmatch_step_throughput(benchmark, pipeline):
-    paper = compose_params(["suite=paper"], REPO / "conf")
+    paper = validate_params(compose_params(["suite=paper"], REPO / "conf"))
     if pipeline == "peers":
         under_test = peers_step(CONFIG, paper, DEVICE, workers=torch.multiprocessing.cpu_count())
     else:

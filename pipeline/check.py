@@ -44,18 +44,18 @@ def main() -> int:
     parser.add_argument("--strict", action="store_true", help="exit 1 unless every cell passed")
     args = parser.parse_args()
     params = load_params(args.params)
-    check = params["check"]
+    check = params.check
     cells = aggregate_cells(collect_runs(expected_runs(params), args.results))
-    tolerance = Tolerance(check["std_factor"], check["floor"])
-    if params["suite_name"] == "paper":
+    tolerance = Tolerance(check.std_factor, check.floor)
+    if params.suite_name == "paper":
         results = check_against_reference(cells, paper_references(load_published(args.published)), tolerance)
     else:
-        baseline = args.baselines / f"{params['suite_name']}.json"
+        baseline = args.baselines / f"{params.suite_name}.json"
         if not baseline.exists():
-            raise FileNotFoundError(f"no baseline {baseline} for suite {params['suite_name']!r}; "
+            raise FileNotFoundError(f"no baseline {baseline} for suite {params.suite_name!r}; "
                                     "create it with `make baseline` (after `dvc repro` has prepared the data)")
         results = check_against_reference(cells, baseline_references(load_baseline(baseline)), tolerance)
-        results += check_ratio_to_supervised(cells, check["max_ratio_to_supervised"])
+        results += check_ratio_to_supervised(cells, check.max_ratio_to_supervised)
     text, code = report(results)
     args.out.write_text(text + "\n")
     counts = {status: sum(result.status == status for result in results)

@@ -34,9 +34,9 @@ def main(argv: list[str] | None = None) -> int:
         if missing:
             raise RawFormatError(f"{args.raw} lacks {missing}; run the download stage for {args.dataset} first")
         if args.dataset == "digits":  # its size and test split are ours, from the dataset table
-            facts = load_params(args.params)["datasets"]["digits"]
+            facts = load_params(args.params).datasets["digits"]
             num_classes = digits.NUM_CLASSES
-            arrays = digits.digits_arrays(args.raw, facts["image_size"], facts["test_size"])
+            arrays = digits.digits_arrays(args.raw, facts.image_size, facts.test_size)
         else:
             raw = read_raw(args.dataset, args.raw)
             num_classes, arrays = raw.num_classes, raw.arrays

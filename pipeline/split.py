@@ -18,12 +18,12 @@ def main() -> None:
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args()
     params = load_params(args.params)
-    dataset_name, labels = parse_cell(args.cell, params["datasets"])
+    dataset_name, labels = parse_cell(args.cell, params.datasets)
     dataset = load_prepared(args.prepared / dataset_name)
-    facts = params["datasets"][dataset_name]
-    if len(dataset.train_labels) != facts["train_size"]:
+    facts = params.datasets[dataset_name]
+    if len(dataset.train_labels) != facts.train_size:
         raise ValueError(f"prepared {dataset_name} has {len(dataset.train_labels)} training images, "
-                         f"but datasets.{dataset_name}.train_size is {facts['train_size']}")
+                         f"but datasets.{dataset_name}.train_size is {facts.train_size}")
     split = make_split(dataset, labels, args.fold)
     write_split(split, args.out)
     print(f"split {args.cell} fold {args.fold}: {split['source']}, per class {split['class_histogram']}")

@@ -31,7 +31,7 @@ def main() -> int:
     params = load_params(args.params)
     run = parse_run(args.run, params)
     end_with_dvc()
-    with launch(params["train"]["device"]) as world, stop_on_signals(StopRequest()) as stop:
+    with launch(params.train.device) as world, stop_on_signals(StopRequest()) as stop:
         try:
             metrics = train(params, run, args.prepared / run.dataset, args.splits / f"{run.cell}-{run.fold}.json",
                             args.results / run.key, stop=stop, world=world, model_path=args.models / f"{run.key}.pt")

@@ -13,6 +13,7 @@ from fixmatch_bench.bench import (GPU_LADDER, GPU_SPEED, BenchConfig, _attempt, 
                                   write_report)
 from fixmatch_bench import bench
 from fixmatch_bench.compose import compose_params
+from fixmatch_bench.core.config import validate_params
 from fixmatch_bench.train import step as train_step
 from fixmatch_bench.train.speed import SpeedOptions
 
@@ -24,23 +25,23 @@ TINY = BenchConfig("tiny", "cifar10", train={"batch": 2, "uratio": 3, "eval_batc
 
 @pytest.fixture(scope="module")
 def paper():
-    return compose_params(["suite=paper"], REPO / "conf")
+    return validate_params(compose_params(["suite=paper"], REPO / "conf"))
 
 
 def test_a_configuration_is_the_paper_suites_params_with_its_overrides(paper):
     params = TINY.params(paper, SpeedOptions(channels_last=True), torch.device("cpu"))
-    assert params["train"]["batch"] == 2 and params["train"]["lr"] == paper["train"]["lr"] == 0.03
-    assert params["threshold"] == paper["threshold"] == 0.95 and params["train"]["steps"] == 2**20
-    assert params["datasets"]["cifar10"]["network"]["filters"] == 8 and params["speed"]["channels_last"]
-    assert paper["datasets"]["cifar10"]["network"]["filters"] == 32  # the paper's params are left alone
+    assert params.train.batch == 2 and params.train.lr == paper.train.lr == 0.03
+    assert params.threshold == paper.threshold == 0.95 and params.train.steps == 2**20
+    assert params.datasets["cifar10"].network.filters == 8 and params.speed.channels_last
+    assert paper.datasets["cifar10"].network.filters == 32  # the paper's params are left alone
     reduced = reduced_configs()[0].params(paper, SpeedOptions(), torch.device("cpu"))
-    assert reduced["train"]["uratio"] == 7 and reduced["datasets"]["cifar10"]["image_size"] == 32
+    assert reduced.train.uratio == 7 and reduced.datasets["cifar10"].image_size == 32
 
 
 def test_the_peers_dataset_augments_one_uint8_image_per_item(paper):
-    data = random_data(TINY, paper["datasets"]["cifar10"], torch.device("cpu"))
+    data = random_data(TINY, paper.datasets["cifar10"], torch.device("cpu"))
     assert data.labeled_images.shape == (16, 3, 32, 32) and data.labeled_images.dtype == torch.uint8
-    facts = paper["datasets"]["cifar10"]
+    facts = paper.datasets["cifar10"]
     weak, strong = _PerImage(data.labeled_images, data.labeled_targets, facts, unlabeled=True)[3]
     assert weak.shape == strong.shape == (3, 32, 32) and weak.dtype == torch.uint8
     assert not torch.equal(weak, strong)

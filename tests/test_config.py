@@ -18,15 +18,14 @@ def test_committed_params_are_the_composed_quick_suite(tmp_path):
 
 def test_paper_suite_composes_and_validates(tmp_path):
     write_params(tmp_path / "params.yaml", ["suite=paper"], REPO / "conf")
-    params = yaml.safe_load((tmp_path / "params.yaml").read_text())
-    validate_params(params)
-    assert params["suite_name"] == "paper" and params["train"]["steps"] == 2**20
+    params = validate_params(yaml.safe_load((tmp_path / "params.yaml").read_text()))
+    assert params.suite_name == "paper" and params.train.steps == 2**20
     assert len(expected_runs(params)) == (10 * 3 + 1) * 5  # + distribution alignment on CIFAR-100@400
     assert expected_runs(params)[-1].key == "cifar100_400-fixmatch_cta_da-5"
 
 
 def test_expected_runs_of_the_quick_suite(params):
-    keys = [run.key for run in expected_runs(params)]
+    keys = [run.key for run in expected_runs(validate_params(params))]
     assert keys == [f"digits_20-{method}-{fold}" for method in ["supervised", *params["ssl_methods"]]
                     for fold in params["folds"]]
 
@@ -59,7 +58,19 @@ def _with(params: dict, key: str, value) -> dict:
     ("ssl_methods", ["mixmatch"], "invalid params: ssl_methods = 'mixmatch' (allowed: fixmatch_cta, fixmatch_cta_da, fixmatch_ra)"),
     ("ssl_methods", ["supervised"], "invalid params: ssl_methods = 'supervised' (allowed: fixmatch_cta, fixmatch_cta_da, fixmatch_ra)"),
     ("da_cells", ["digits_40"], "invalid params: da_cells = 'digits_40' (allowed: digits_20)"),
-    ("folds", [0], "invalid params: folds = 0 (split seeds are integers >= 1 (seed 0 means unshuffled))"),
+    ("folds", [0], "invalid params: folds[0] = 0 (must be an integer in [1, inf))"),
+    ("folds", [], "invalid params: folds = [] (must not be empty)"),
+    ("treshold", 0.9, "invalid params: treshold = 0.9 (not a known key; allowed: suite_name, threshold, train, augment, "
+                      "speed, checkpoints, launcher, check, sources, datasets, methods, data, folds, cells, ssl_methods, "
+                      "da_cells, runs)"),
+    ("train.stesp", 1024, "invalid params: train.stesp = 1024 (not a known key; allowed: steps, batch, uratio, "
+                          "unlabeled_weight, lr, momentum, nesterov, ema, eval_every, median_of_last, eval_batch, "
+                          "log_every, checkpoint_every, seed, device)"),
+    ("train.steps", 1024.0, "invalid params: train.steps = 1024.0 (must be an integer in [1, inf))"),
+    ("train.nesterov", "yes", "invalid params: train.nesterov = 'yes' (allowed: true, false)"),
+    ("datasets.digits.network.padding", "same", "invalid params: datasets.digits.network.padding = 'same' "
+                                                "(allowed: tf, symmetric)"),
+    ("checkpoints.keep_finished", 1, "invalid params: checkpoints.keep_finished = 1 (allowed: true, false)"),
     ("folds", [1, 1], "invalid params: folds = [1, 1] (a non-empty list of distinct positive integers (split seeds))"),
     ("methods.fixmatch_ra.strong", "autoaugment", "invalid params: methods.fixmatch_ra.strong = 'autoaugment' (allowed: none, randaugment, ctaugment)"),
 ])
@@ -69,11 +80,23 @@ def test_each_bad_value_is_rejected_with_its_message(params, key, value, message
     assert str(error.value) == message
 
 
-def test_the_committed_params_are_valid(params):
-    validate_params(params)
+def test_the_committed_params_are_valid_and_read_as_typed_attributes(params):
+    typed = validate_params(params)
+    assert typed.train.lr == 0.03 and typed.datasets["digits"].network.kwargs() == {
+        "filters": 16, "scales": 2, "repeat": 1, "bn_momentum": 0.01}
+    assert typed.speed.channels_last and not typed.speed.tf32 and typed.methods["fixmatch_cta"].strong == "ctaugment"
+    assert validate_params(typed) is typed  # already validated: returned as it is
+
+
+def test_a_misspelled_key_is_named_rather_than_the_one_it_replaced(params):
+    changed = copy.deepcopy(params)
+    changed["treshold"] = changed.pop("threshold")
+    with pytest.raises(ParamsError, match=r"^invalid params: treshold = 0.95 \(not a known key"):
+        validate_params(changed)
 
 
 def test_a_run_key_names_any_cell_method_and_fold_of_the_tables(params):
+    params = validate_params(params)
     assert parse_run("digits_20-fixmatch_cta_da-4", params) == Run("digits", 20, "fixmatch_cta_da", 4)
     for key, message in (("digits_20-fixmatch_ra", "expected <cell>-<method>-<fold>"),
                          ("digits_20-fixmatch_xx-1", "run digits_20-fixmatch_xx-1: method = 'fixmatch_xx'"),
@@ -83,7 +106,7 @@ def test_a_run_key_names_any_cell_method_and_fold_of_the_tables(params):
 
 
 def test_the_runs_table_follows_the_suites_lists_and_a_stale_one_is_refused(params, tmp_path):
-    assert params["runs"] == run_table(params)
+    assert params["runs"] == run_table(validate_params(params))
     assert list(params["runs"]["supervised"]) == [f"digits_20-supervised-{fold}" for fold in params["folds"]]
     assert params["runs"]["semi_supervised"]["digits_20-fixmatch_cta-2"] == ["digits", "fixmatch_cta", "digits_20-2"]
     stale = copy.deepcopy(params)

@@ -79,9 +79,9 @@ def _first_file(block: dict) -> dict:
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        (lambda b: b.update(retries=-1), "sources.retries must be an integer >= 0, got -1"),
-        (lambda b: b.update(timeout_s=0), "sources.timeout_s must be a number > 0, got 0"),
-        (lambda b: b.update(mirror=3), "sources.mirror must be null, a base URL or a directory, got 3"),
+        (lambda b: b.update(retries=-1), "invalid params: sources.retries = -1 (must be an integer in [0, inf))"),
+        (lambda b: b.update(timeout_s=0), "invalid params: sources.timeout_s = 0 (must be a number in (0.0, inf))"),
+        (lambda b: b.update(mirror=3), "invalid params: sources.mirror = 3 (input should be a valid string)"),
         (lambda b: b.update(datasets={}), "conf/sources must hold one <dataset>.yaml with a files list per dataset"),
         (lambda b: _first_file(b).update(md5="xyz"), f"{FIRST}.md5 must be a hexadecimal md5 digest, got 'xyz'"),
         (lambda b: _first_file(b).update(name="../x"), f"{FIRST}.name must be a plain file name, got '../x'"),
@@ -333,7 +333,7 @@ def test_download_stage_with_a_bad_params_file_prints_one_line(tmp_path):
     (tmp_path / "params.yaml").write_text("sources: {retries: -2, datasets: {}}\n")
     result = _run_download(tmp_path / "params.yaml", tmp_path / "raw")
     assert result.returncode == 1
-    assert result.stderr == "download cifar10: error: sources.retries must be an integer >= 0, got -2\n"
+    assert result.stderr == "download cifar10: error: invalid params: sources.retries = -2 (must be an integer in [0, inf))\n"
 
 
 def test_a_file_shipped_inside_an_installed_package_is_copied_and_verified(tmp_path):

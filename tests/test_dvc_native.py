@@ -150,7 +150,7 @@ def test_a_bad_value_fails_while_params_are_composed_before_any_stage_runs(mini_
     repo, _ = mini_repo
     before = {path: path.read_bytes() for path in sorted(repo.glob("results/**/*.*")) + [repo / "params.yaml"]}
     for override, message in (("threshold=1.5", "threshold = 1.5 (must be a number in [0.0, 1.0])"),
-                              ("folds=[]", "folds = [] (a non-empty list of distinct positive integers"),
+                              ("folds=[]", "folds = [] (must not be empty)"),
                               ("train.steps=0", "train.steps = 0 (must be an integer in [1, inf))")):
         failed = dvc(repo, "exp", "run", "-S", override, check=False)
         output = failed.stdout + failed.stderr
@@ -261,7 +261,7 @@ def _workspace(repo: Path) -> dict[str, tuple[int, int]]:
 
 @pytest.mark.parametrize("edit, message", [
     (lambda p: p.update(threshold=1.5), "error: invalid params: threshold = 1.5 (must be a number in [0.0, 1.0])"),
-    (lambda p: p.update(treshold=p.pop("threshold")), "threshold"),  # misspelled by hand
+    (lambda p: p.update(treshold=p.pop("threshold")), "error: invalid params: treshold = 0.95 (not a known key"),
     (lambda p: p["train"].update(steps=0), "train.steps = 0"),
 ])
 def test_a_bad_hand_edited_params_file_stops_dvc_repro_before_any_output_is_touched(mini_repo, edit, message):

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from conftest import REPO, digits_workspace
-from fixmatch_bench.core.config import Run, expected_runs
+from fixmatch_bench.core.config import Run, expected_runs, validate_params
 from fixmatch_bench.report.cells import CellResult
 from fixmatch_bench.report.check import (Tolerance, baseline_references, check_against_reference,
                                          check_ratio_to_supervised, load_baseline)
@@ -52,7 +52,8 @@ def test_the_baseline_is_the_spread_study_of_the_committed_suite():
     ran = {(record["cell"], record["fold"]) for record in SPREAD["runs"]}
     study_folds = load_plan(REPO / "conf/spread.yaml").folds
     assert set(PARAMS["folds"]) <= set(study_folds)
-    assert ran == {(run.name, run.fold) for run in expected_runs({**PARAMS, "folds": list(study_folds)})}
+    study = validate_params({**PARAMS, "folds": list(study_folds)})
+    assert ran == {(run.name, run.fold) for run in expected_runs(study)}
     for key, cell in baseline["cells"].items():
         assert cell["mean"] == SPREAD["statistics"][key]["mean"]
         assert cell["tolerance"] == SPREAD["statistics"][key]["tolerance"] >= PARAMS["check"]["floor"]

@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 
-from fixmatch_bench.core.config import run_table
+from fixmatch_bench.core.config import run_table, validate_params
 
 from conftest import REPO
 from miniature_datasets import STL10_COUNTS, expected_images
@@ -34,7 +34,7 @@ def write_stl10_params(path: Path, train_size: int) -> Path:
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["datasets"]["stl10"]["train_size"] = train_size
     params.update(data=["stl10"], cells=["stl10_1000", "stl10_20"])
-    params["runs"] = run_table(params)
+    params["runs"] = run_table(validate_params(params))
     path.write_text(yaml.safe_dump(params, sort_keys=False))
     return path
 

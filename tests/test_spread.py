@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from conftest import REPO, digits_workspace
-from fixmatch_bench.core.config import ParamsError, Run, run_table
+from fixmatch_bench.core.config import ParamsError, Run, run_table, validate_params
 from fixmatch_bench.spread import (SpreadPlan, Variation, _task_key, apply_overrides, cell_statistics, load_plan,
                                    measure)
 
@@ -56,6 +56,7 @@ def test_a_missing_run_is_an_error():
 
 
 def test_the_committed_plan_and_its_overrides_are_valid(params):
+    params = validate_params(params)
     plan = load_plan(REPO / "conf/spread.yaml")
     assert plan.factor > 0 and plan.variations[0] == Variation("pipeline", None, {})
     for variation in plan.variations:
@@ -73,18 +74,20 @@ def test_bad_plans_and_overrides_are_refused_before_any_work(tmp_path, params):
     path.write_text(yaml.safe_dump({"factor": 3, "variations": {"a": {}}}))
     with pytest.raises(ParamsError, match="no variation b"):
         load_plan(path, only=["b"])
+    params = validate_params(params)
     with pytest.raises(ParamsError, match="speed.channel_last is not a key"):
         apply_overrides(params, {"speed.channel_last": False})
     with pytest.raises(ParamsError, match="threshold = 1.5"):
         apply_overrides(params, {"threshold": 1.5})
-    assert apply_overrides(params, {"train.seed": 1})["train"]["seed"] == 1 and params["train"]["seed"] == 0
+    assert apply_overrides(params, {"train.seed": 1}).train.seed == 1 and params.train.seed == 0
 
 
 def test_an_interrupted_study_resumes_from_its_finished_runs(tmp_path):
     """Runs recorded in the partial file are not trained again; the others are, in fresh processes."""
     root, params = digits_workspace(tmp_path, {"steps": 4, "eval_every": 2, "log_every": 2, "checkpoint_every": 2})
     params.update(cells=["digits_20"], folds=[1], ssl_methods=[])
-    params["runs"] = run_table(params)
+    params["runs"] = run_table(validate_params(params))
+    params = validate_params(params)
     plan = SpreadPlan(3.0, (Variation("pipeline"), Variation("threads_1", 1)))
     partial = tmp_path / "partial.jsonl"
     recorded = {"variation": "pipeline", "cell": "digits_20-supervised", "fold": 1, "error": 12.5,

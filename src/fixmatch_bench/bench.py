@@ -35,7 +35,6 @@ writes ``throughput.md`` and ``throughput.json``.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import platform
@@ -51,7 +50,8 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from .compose import compose_params
-from .core.config import Run
+from .core.config import Run, validate_params
+from .core.schema import DatasetFacts, Params
 from .train.augment import make_augmenter
 from .train.distributed import SINGLE_PROCESS
 from .train.evaluation import accuracy, to_model_input
@@ -67,11 +67,11 @@ GPU_LADDER: tuple[tuple[str, SpeedOptions], ...] = (
     ("fp32 eager (TF32 off, as the paper protocol)", SpeedOptions()),
     ("+ TF32 convolutions and matmuls (speed.tf32: not the paper protocol)", SpeedOptions(tf32=True)),
     ("fp32 + bf16 autocast + channels_last", SpeedOptions(channels_last=True, autocast_bf16=True)),
-    ("+ compile: model", replace(GPU_SPEED, compile="model", compile_augment=False)),
-    ("+ compile: step", replace(GPU_SPEED, compile_augment=False)),
+    ("+ compile: model", GPU_SPEED.model_copy(update={"compile": "model", "compile_augment": False})),
+    ("+ compile: step", GPU_SPEED.model_copy(update={"compile_augment": False})),
     ("+ compile_augment", GPU_SPEED),
-    ("+ compile: step, CUDA graphs (compile_mode: reduce-overhead)", replace(GPU_SPEED, compile_mode="reduce-overhead")),
-    ("compile: step + weak_no_grad (ALGORITHM-CHANGING, not the paper's method)", replace(GPU_SPEED, weak_no_grad=True)),
+    ("+ compile: step, CUDA graphs (compile_mode: reduce-overhead)", GPU_SPEED.model_copy(update={"compile_mode": "reduce-overhead"})),
+    ("compile: step + weak_no_grad (ALGORITHM-CHANGING, not the paper's method)", GPU_SPEED.model_copy(update={"weak_no_grad": True})),
 )
 # On CPU the ladder has only the options that need no compiler time (it runs in CI).
 CPU_LADDER: tuple[tuple[str, SpeedOptions], ...] = (
@@ -103,13 +103,13 @@ class BenchConfig:
     peers: bool = True  # also measure pipeline (a)
     ladder: bool = False  # also measure (b) under each rung of the speed-option ladder
 
-    def params(self, paper: dict, options: SpeedOptions, device: torch.device) -> dict:
+    def params(self, paper: Params, options: SpeedOptions, device: torch.device) -> Params:
         """The paper suite's params with this configuration's overrides, the speed options and the device."""
-        params = copy.deepcopy(paper)
+        params = paper.model_dump()
         params["train"].update(self.train, device=device.type)
         params["datasets"][self.dataset]["network"].update(self.network)
-        params["speed"] = asdict(options)
-        return params
+        params["speed"] = options.model_dump()
+        return validate_params(params)
 
     def run(self) -> Run:
         return Run(self.dataset, 4000, self.method, 1)
@@ -136,12 +136,12 @@ def reduced_configs() -> list[BenchConfig]:
                         steps=8, rounds=5, warmup=4, breakdown_steps=8, eval_every=8, ladder=True)]
 
 
-def random_data(config: BenchConfig, facts: dict, device: torch.device, seed: int = 0) -> RunData:
+def random_data(config: BenchConfig, facts: DatasetFacts, device: torch.device, seed: int = 0) -> RunData:
     """Random uint8 images of the dataset's shape, all labeled (the pools' sizes do not change a step's cost)."""
     generator = torch.Generator().manual_seed(seed)
-    shape = (facts["channels"], facts["image_size"], facts["image_size"])
-    classes, train_size = facts["num_classes"], config.train_size or facts["train_size"]
-    test_size = config.test_size or facts["test_size"]
+    shape = (facts.channels, facts.image_size, facts.image_size)
+    classes, train_size = facts.num_classes, config.train_size or facts.train_size
+    test_size = config.test_size or facts.test_size
     images = torch.randint(0, 256, (train_size, *shape), dtype=torch.uint8, generator=generator).to(device)
     targets = torch.randint(0, classes, (train_size,), generator=generator).to(device)
     return RunData(labeled_images=images, labeled_targets=targets, unlabeled_images=images,
@@ -157,7 +157,7 @@ def random_data(config: BenchConfig, facts: dict, device: torch.device, seed: in
 class StepUnderTest:
     """A real training state and the calls that advance it: what both pipelines time."""
 
-    params: dict
+    params: Params
     data: RunData
     state: TrainState
     hp: StepParams
@@ -167,13 +167,13 @@ class StepUnderTest:
     def evaluate(self) -> Tensor:
         """The EMA model's accuracy on the test set, as the trainer evaluates it."""
         return accuracy(self.state.ema_forward, self.data.test_images, self.data.test_targets,
-                        self.params["train"]["eval_batch"])
+                        self.params.train.eval_batch)
 
 
-def suite_step(config: BenchConfig, paper: dict, device: torch.device, options: SpeedOptions) -> StepUnderTest:
+def suite_step(config: BenchConfig, paper: Params, device: torch.device, options: SpeedOptions) -> StepUnderTest:
     """Pipeline (b): :func:`draw_batch` on device-resident data, then :func:`fixmatch_step`."""
     params, run = config.params(paper, options, device), config.run()
-    data = random_data(config, params["datasets"][config.dataset], device)
+    data = random_data(config, params.datasets[config.dataset], device)
     state, hp = build_state(params, run, data, device, SINGLE_PROCESS), StepParams.build(params, run)
     state.model.train()
     return StepUnderTest(params, data, state, hp, lambda: fixmatch_step(state, draw_batch(state, data, hp), hp),
@@ -183,10 +183,10 @@ def suite_step(config: BenchConfig, paper: dict, device: torch.device, options: 
 class _PerImage(Dataset):
     """Per-image augmentation in the worker, as the peers do (one generator per worker process)."""
 
-    def __init__(self, images: Tensor, targets: Tensor, facts: dict, unlabeled: bool):
+    def __init__(self, images: Tensor, targets: Tensor, facts: DatasetFacts, unlabeled: bool):
         self.images, self.targets, self.unlabeled = images, targets, unlabeled
-        self.augmenter = make_augmenter("randaugment", "reference", facts["flip"], facts["translate"],
-                                        facts["ra_cutout"], ra_translate_scale=facts["ra_translate_scale"])
+        self.augmenter = make_augmenter("randaugment", "reference", facts.flip, facts.translate, facts.ra_cutout,
+                                        ra_translate_scale=facts.ra_translate_scale)
         self.generator: torch.Generator | None = None
 
     def __len__(self) -> int:
@@ -214,14 +214,14 @@ def worker_split(workers: int) -> tuple[int, int]:
     return labeled, max(1, workers - labeled)
 
 
-def peers_step(config: BenchConfig, paper: dict, device: torch.device, workers: int) -> StepUnderTest:
+def peers_step(config: BenchConfig, paper: Params, device: torch.device, workers: int) -> StepUnderTest:
     """Pipeline (a): per-image PIL RandAugment in DataLoader workers feeding :func:`fixmatch_step`, fp32 eager."""
     under_test = suite_step(config, paper, device, SpeedOptions())
-    state, hp, hyper = under_test.state, under_test.hp, under_test.params["train"]
-    facts = under_test.params["datasets"][config.dataset]
+    state, hp, hyper = under_test.state, under_test.hp, under_test.params.train
+    facts = under_test.params.datasets[config.dataset]
     data = random_data(config, facts, torch.device("cpu"))
     loaders = []
-    for unlabeled, size, count in zip((False, True), (hyper["batch"], hyper["batch"] * hyper["uratio"]),
+    for unlabeled, size, count in zip((False, True), (hyper.batch, hyper.batch * hyper.uratio),
                                       worker_split(workers)):
         dataset = _PerImage(data.labeled_images, data.labeled_targets, facts, unlabeled)
         sampler = RandomSampler(dataset, replacement=True, num_samples=10**9)
@@ -270,7 +270,7 @@ def _summary(rounds: list[float]) -> dict[str, Any]:
             "steps_per_s_stdev": statistics.stdev(rounds) if len(rounds) > 1 else 0.0}
 
 
-def measure_peers(config: BenchConfig, paper: dict, device: torch.device, workers: int) -> dict[str, Any]:
+def measure_peers(config: BenchConfig, paper: Params, device: torch.device, workers: int) -> dict[str, Any]:
     """Pipeline (a): steps/s (median over rounds, with their spread)."""
     return {**_summary(timed_rounds(config, peers_step(config, paper, device, workers))),
             "workers": sum(worker_split(workers))}
@@ -294,11 +294,11 @@ def _breakdown(config: BenchConfig, under_test: StepUnderTest) -> dict[str, floa
     return {phase: total / config.breakdown_steps for phase, total in totals.items()}
 
 
-def measure_suite(config: BenchConfig, paper: dict, device: torch.device, options: SpeedOptions) -> dict[str, Any]:
+def measure_suite(config: BenchConfig, paper: Params, device: torch.device, options: SpeedOptions) -> dict[str, Any]:
     """Pipeline (b): steps/s (median over rounds, with their spread), then the per-phase breakdown."""
     under_test = suite_step(config, paper, device, options)
     summary = _summary(timed_rounds(config, under_test))
-    return {**summary, "speed_options": asdict(options), "breakdown_ms": _breakdown(config, under_test)}
+    return {**summary, "speed_options": options.model_dump(), "breakdown_ms": _breakdown(config, under_test)}
 
 
 def _attempt(what: str, measure: Callable[[], dict[str, Any]]) -> dict[str, Any]:
@@ -328,7 +328,7 @@ def run_benchmark(device: torch.device | None = None, reduced: bool | None = Non
     cuda = device.type == "cuda"
     speed, ladder = (GPU_SPEED, GPU_LADDER) if cuda else (SpeedOptions(), CPU_LADDER)
     load_average = os.getloadavg()[0]  # other processes on the host skew every figure
-    paper = compose_params(["suite=paper"])
+    paper = validate_params(compose_params(["suite=paper"]))
     results = []
     for config in (reduced_configs() if reduced else full_configs()):
         if only is not None and only not in config.name:

@@ -10,11 +10,12 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import hydra_plugins.fixmatch_bench_resolvers  # noqa: F401 (registers ${fixmatch_runs:}, as Hydra's plugin scan does)
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-import hydra_plugins.fixmatch_bench_resolvers  # noqa: F401 (registers ${fixmatch_runs:}, as Hydra's plugin scan does)
+from .core.config import ParamsError
 
 
 def compose_config(overrides: list[str] = (), config_dir: str | Path = "conf") -> DictConfig:
@@ -39,7 +40,7 @@ if __name__ == "__main__":
     try:
         write_params(sys.argv[1], sys.argv[2:])
     except OmegaConfBaseException as error:  # a ParamsError raised by the runs resolver, or a bad override
-        while error.__cause__ is not None or error.__context__ is not None:
+        while not isinstance(error, ParamsError) and (error.__cause__ or error.__context__) is not None:
             error = error.__cause__ or error.__context__
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)

@@ -29,7 +29,6 @@ moves one fold between machines, so it does not widen the tolerance.
 from __future__ import annotations
 
 import argparse
-import copy
 import hashlib
 import json
 import math
@@ -47,6 +46,7 @@ import numpy as np
 import yaml
 
 from .core.config import ParamsError, Run, expected_runs, load_params, parse_cell, validate_params
+from .core.schema import Params
 from .core.progress import progress
 
 VARIATIONS_FILE = Path("conf/spread.yaml")
@@ -99,19 +99,19 @@ def load_plan(path: str | Path = VARIATIONS_FILE, only: Sequence[str] = ()) -> S
     return SpreadPlan(float(factor), chosen, tuple(folds))
 
 
-def spread_folds(plan: SpreadPlan, params: dict) -> list[int]:
+def spread_folds(plan: SpreadPlan, params: Params) -> list[int]:
     """The folds the study trains: the plan's, which must include every fold of the suite."""
     if not plan.folds:
-        return list(params["folds"])
-    missing = sorted(set(params["folds"]) - set(plan.folds))
+        return list(params.folds)
+    missing = sorted(set(params.folds) - set(plan.folds))
     if missing:
         raise ParamsError(f"invalid spread plan: folds {list(plan.folds)} lack the suite's folds {missing}")
     return list(plan.folds)
 
 
-def apply_overrides(params: dict, overrides: Mapping[str, Any]) -> dict:
-    """A validated copy of ``params`` with dotted keys (``speed.channels_last``) replaced; keys must exist."""
-    result = copy.deepcopy(params)
+def apply_overrides(params: Params, overrides: Mapping[str, Any]) -> Params:
+    """``params`` with dotted keys (``speed.channels_last``) replaced, validated; keys must exist."""
+    result = params.model_dump()
     for dotted, value in overrides.items():
         node = result
         *parents, last = dotted.split(".")
@@ -120,11 +120,10 @@ def apply_overrides(params: dict, overrides: Mapping[str, Any]) -> dict:
         if not isinstance(node, dict) or last not in node:
             raise ParamsError(f"invalid spread override: {dotted} is not a key of params.yaml")
         node[last] = value
-    validate_params(result)
-    return result
+    return validate_params(result)
 
 
-def _train_run(params: dict, run: Run, variation: Variation, prepared: Path, splits: Path) -> dict:
+def _train_run(params: Params, run: Run, variation: Variation, prepared: Path, splits: Path) -> dict:
     """Train one run in this (fresh) worker process and return its record (``splits``: the study's own)."""
     import torch
 
@@ -143,26 +142,26 @@ def _train_run(params: dict, run: Run, variation: Variation, prepared: Path, spl
 SUITE_LISTS = ("data", "cells", "ssl_methods", "da_cells", "folds", "runs")
 
 
-def _task_key(params: dict, run: Run, variation: Variation) -> str:
+def _task_key(params: Params, run: Run, variation: Variation) -> str:
     """What a finished record stands for: the run, its params after the overrides, its thread count."""
-    computing = {key: value for key, value in params.items() if key not in SUITE_LISTS}
+    computing = params.model_dump(exclude=set(SUITE_LISTS))
     text = json.dumps([computing, run.key, variation.threads], sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def write_splits(params: dict, folds: Sequence[int], prepared: Path, out: Path) -> Path:
+def write_splits(params: Params, folds: Sequence[int], prepared: Path, out: Path) -> Path:
     """The labeled splits of every cell on ``folds``, drawn as the split stage draws them."""
     from .data.prepared import load_prepared
     from .data.splits import make_split, write_split
 
-    for cell in params["cells"]:
-        dataset, labels = parse_cell(cell, params["datasets"])
+    for cell in params.cells:
+        dataset, labels = parse_cell(cell, params.datasets)
         for fold in folds:
             write_split(make_split(load_prepared(prepared / dataset), labels, fold), out / f"{cell}-{fold}.json")
     return out
 
 
-def measure(params: dict, plan: SpreadPlan, prepared: Path, partial: Path) -> list[dict]:
+def measure(params: Params, plan: SpreadPlan, prepared: Path, partial: Path) -> list[dict]:
     """Every run of the suite, on the plan's folds, under every variation, one at a time, each in
     a fresh process (as a DVC stage).
 
@@ -172,7 +171,7 @@ def measure(params: dict, plan: SpreadPlan, prepared: Path, partial: Path) -> li
     and a rerun after an interruption skips the runs recorded there.
     """
     folds = spread_folds(plan, params)
-    runs = expected_runs({**params, "folds": folds})
+    runs = expected_runs(params.model_copy(update={"folds": folds}))
     tasks = [(apply_overrides(params, v.overrides), run, v) for v in plan.variations for run in runs]
     keys = [_task_key(p, run, v) for p, run, v in tasks]
     done = {}
@@ -294,10 +293,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         for variation in plan.variations:  # every override is checked before any training starts
             apply_overrides(params, variation.overrides)
         args.out_dir.mkdir(parents=True, exist_ok=True)
-        partial = args.out_dir / f"{params['suite_name']}_spread.partial.jsonl"
+        partial = args.out_dir / f"{params.suite_name}_spread.partial.jsonl"
         records = measure(params, plan, args.prepared, partial)
-        paths = write_outputs(params["suite_name"], plan, params["check"]["floor"], records, args.out_dir,
-                              params["folds"])
+        paths = write_outputs(params.suite_name, plan, params.check.floor, records, args.out_dir, params.folds)
         partial.unlink()
     except (ParamsError, FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)

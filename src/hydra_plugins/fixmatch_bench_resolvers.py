@@ -16,8 +16,7 @@ from fixmatch_bench.core.config import run_table, validate_params
 def _fixmatch_runs(*, _root_):
     params = OmegaConf.to_container(_root_, resolve=False)
     params.pop("runs")  # the node being resolved; nothing else in conf/ interpolates
-    validate_params(params)
-    return OmegaConf.create(run_table(params))  # a container: OmegaConf.resolve cannot store a plain dict
+    return OmegaConf.create(run_table(validate_params(params)))  # a container: OmegaConf.resolve cannot store a plain dict
 
 
 OmegaConf.register_new_resolver("fixmatch_runs", _fixmatch_runs, replace=True)

@@ -40,9 +40,12 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import ValidationError
 from tqdm import tqdm
 
+from ..core.config import params_error
 from ..core.progress import LogProgress, progress
+from ..core.schema import SourcesParams
 
 MIRROR_ENV = "FIXMATCH_MIRROR"
 MIRROR_HINT = (
@@ -142,18 +145,10 @@ def parse_sources(block: Any, catalog: str = CATALOG_DIR) -> Sources:
     """Validate the ``sources`` block (mirror, retries, ...) with the catalog's files under ``datasets``."""
     if not isinstance(block, Mapping):
         raise SourcesError(f"sources must be a mapping, got {type(block).__name__}")
-    mirror = block.get("mirror")
-    if mirror is not None and not isinstance(mirror, str):
-        raise SourcesError(f"sources.mirror must be null, a base URL or a directory, got {mirror!r}")
-    retries = block.get("retries", 5)
-    if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
-        raise SourcesError(f"sources.retries must be an integer >= 0, got {retries!r}")
-    numbers = {}
-    for key, default in (("timeout_s", 60.0), ("backoff_s", 1.0)):
-        value = block.get(key, default)
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
-            raise SourcesError(f"sources.{key} must be a number > 0, got {value!r}")
-        numbers[key] = float(value)
+    try:
+        settings = SourcesParams.model_validate({key: value for key, value in block.items() if key != "datasets"})
+    except ValidationError as error:
+        raise SourcesError(str(params_error(error, within=("sources",)))) from None
     raw_datasets = _require(block, "datasets", "sources")
     if not isinstance(raw_datasets, Mapping) or not raw_datasets:
         raise SourcesError(f"{catalog} must hold one <dataset>.yaml with a files list per dataset")
@@ -170,7 +165,8 @@ def parse_sources(block: Any, catalog: str = CATALOG_DIR) -> Sources:
         if len(set(names)) != len(names):
             raise SourcesError(f"{where}: files has duplicate names: {names}")
         datasets[str(dataset)] = parsed
-    return Sources(mirror=mirror or None, retries=retries, datasets=datasets, catalog=catalog, **numbers)
+    return Sources(mirror=settings.mirror or None, retries=settings.retries, timeout_s=settings.timeout_s,
+                   backoff_s=settings.backoff_s, datasets=datasets, catalog=catalog)
 
 
 def load_sources(params_path: str | Path, catalog: str | Path | None = None) -> Sources:

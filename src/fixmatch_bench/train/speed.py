@@ -55,7 +55,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
-from ..core.speed_options import SpeedOptions
+from ..core.schema import SpeedOptions
 
 
 class FastForward(nn.Module):

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ..core.config import Run
+from ..core.schema import Params
 from .augment import Augmenter, make_augmenter
 from .distributed import World
 from .distribution_alignment import DistributionAlignment
@@ -24,7 +25,7 @@ from .fixmatch import fixmatch_loss
 from .optim import make_optimizer
 from .run_data import RunData
 from .sampling import IndexStream
-from .speed import SpeedOptions, StepFunctions, fast_forward, prepare_model, set_float32_precision
+from .speed import StepFunctions, fast_forward, prepare_model, set_float32_precision
 from .wide_resnet import WideResNet
 
 
@@ -73,37 +74,36 @@ class TrainState:
         _set_global_rng_states(state["rng"])
 
 
-def build_state(params: dict, run: Run, data: RunData, device: torch.device, world: World) -> TrainState:
+def build_state(params: Params, run: Run, data: RunData, device: torch.device, world: World) -> TrainState:
     """A run's state at step 0: seeded with ``train.seed * 1000 + fold``, built on ``device``."""
-    hp, facts, method = params["train"], params["datasets"][run.dataset], params["methods"][run.method]
-    seed = hp["seed"] * 1000 + run.fold
+    hp, facts, method, speed = params.train, params.datasets[run.dataset], params.methods[run.method], params.speed
+    seed = hp.seed * 1000 + run.fold
     torch.manual_seed(seed)
     random.seed(seed)
     np.random.seed(seed)
-    speed = SpeedOptions.from_params(params.get("speed"))
     set_float32_precision(speed)
     if speed.compiles:
         torch.compiler.reset()  # compile afresh: the same graphs whether this process trained other runs or not
-    model = WideResNet(num_classes=facts["num_classes"], in_channels=facts["channels"], **facts["network"]).to(device)
+    model = WideResNet(num_classes=facts.num_classes, in_channels=facts.channels, **facts.network.kwargs()).to(device)
     prepare_model(model, speed)
-    ema = ModelEMA(model, hp["ema"])
-    optimizer = make_optimizer(model, hp["lr"], hp["momentum"], hp["nesterov"], facts["weight_decay"],
-                               **speed.optimizer_kwargs())
-    cutout = facts["cta_cutout"] if method["strong"] == "ctaugment" else facts["ra_cutout"]
-    options = {"ra_translate_scale": facts["ra_translate_scale"]} if method["strong"] == "randaugment" else {}
-    augmenter = make_augmenter(strong=method["strong"], impl=params["augment"]["impl"], flip=facts["flip"],
-                               translate=facts["translate"], cutout=cutout, **options)
+    ema = ModelEMA(model, hp.ema)
+    optimizer = make_optimizer(model, hp.lr, hp.momentum, hp.nesterov, facts.weight_decay, **speed.optimizer_kwargs())
+    options = ({"cta_translate_fix": params.augment.cta_translate_fix} if method.strong == "ctaugment" else
+               {"ra_translate_scale": facts.ra_translate_scale} if method.strong == "randaugment" else {})
+    augmenter = make_augmenter(strong=method.strong, impl=params.augment.impl, flip=facts.flip,
+                               translate=facts.translate,
+                               cutout=facts.cta_cutout if method.strong == "ctaugment" else facts.ra_cutout, **options)
     if speed.compile_augment:
         augmenter.compile()
     sample_generator = torch.Generator(device=device).manual_seed(seed)
     return TrainState(
         model=model, ema=ema, optimizer=optimizer, augmenter=augmenter,
-        alignment=(DistributionAlignment(facts["num_classes"], data.class_distribution)
-                   if method["distribution_alignment"] else None),
+        alignment=(DistributionAlignment(facts.num_classes, data.class_distribution)
+                   if method.distribution_alignment else None),
         sample_generator=sample_generator,
         augment_generator=torch.Generator(device=device).manual_seed(seed + 1),
-        labeled_stream=IndexStream(len(data.labeled_targets), hp["batch"], sample_generator),
-        unlabeled_stream=IndexStream(len(data.unlabeled_targets), hp["batch"] * hp["uratio"], sample_generator),
+        labeled_stream=IndexStream(len(data.labeled_targets), hp.batch, sample_generator),
+        unlabeled_stream=IndexStream(len(data.unlabeled_targets), hp.batch * hp.uratio, sample_generator),
         # EMA, probes and checkpoints use the plain modules; training goes through DDP when distributed.
         forward=fast_forward(world.wrap(model), speed, training=True),
         ema_forward=fast_forward(ema.module, speed),

@@ -14,12 +14,12 @@ import torch
 from torch import Tensor
 
 from ..core.config import Run
+from ..core.schema import Params
 from .distributed import SINGLE_PROCESS, World
 from .evaluation import to_model_input
 from .fixmatch import Batch
 from .optim import cosine_lr, set_lr
 from .run_data import RunData
-from .speed import SpeedOptions
 from .state import TrainState
 
 
@@ -39,15 +39,14 @@ class StepParams:
     unlabeled_share: slice
 
     @classmethod
-    def build(cls, params: dict, run: Run, world: World = SINGLE_PROCESS) -> StepParams:
-        hp, method = params["train"], params["methods"][run.method]
-        speed = SpeedOptions.from_params(params.get("speed"))
-        uses_unlabeled = bool(method["unlabeled"]) and hp["uratio"] > 0
-        return cls(lr=hp["lr"], steps=hp["steps"], threshold=params["threshold"],
-                   unlabeled_weight=hp["unlabeled_weight"] * uses_unlabeled, uses_unlabeled=uses_unlabeled,
-                   ctaugment=method["strong"] == "ctaugment", weak_no_grad=speed.weak_no_grad,
-                   lr_as_tensor=speed.lr_as_tensor, labeled_share=world.share(hp["batch"], "train.batch"),
-                   unlabeled_share=world.share(hp["batch"] * hp["uratio"], "train.batch * train.uratio"))
+    def build(cls, params: Params, run: Run, world: World = SINGLE_PROCESS) -> StepParams:
+        hp, method, speed = params.train, params.methods[run.method], params.speed
+        uses_unlabeled = method.unlabeled and hp.uratio > 0
+        return cls(lr=hp.lr, steps=hp.steps, threshold=params.threshold,
+                   unlabeled_weight=hp.unlabeled_weight * uses_unlabeled, uses_unlabeled=uses_unlabeled,
+                   ctaugment=method.strong == "ctaugment", weak_no_grad=speed.weak_no_grad,
+                   lr_as_tensor=speed.lr_as_tensor, labeled_share=world.share(hp.batch, "train.batch"),
+                   unlabeled_share=world.share(hp.batch * hp.uratio, "train.batch * train.uratio"))
 
 
 @dataclass(frozen=True)

@@ -15,13 +15,15 @@ import json
 import shutil
 import signal
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 import torch
 
-from ..core.config import Run
+from ..core.config import Run, validate_params
+from ..core.schema import Params
 from ..core.progress import progress as progress_bar
 from ..core.stage import require_writable
 from .checkpoint import (CHECKPOINTS_ENV, RunLock, checkpoint_root, load_for_resume, run_checkpoint_dir,
@@ -30,7 +32,6 @@ from .distributed import SINGLE_PROCESS, World
 from .evaluation import accuracy, reported_error
 from .run_data import RunData, load_run_data
 from .run_log import NonFiniteLoss, RunLog
-from .speed import SpeedOptions
 from .state import TrainState, build_state
 from .step import StepParams, draw_batch, fixmatch_step
 
@@ -89,26 +90,25 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def fingerprint(params: dict, run: Run, data: RunData) -> dict:
+def fingerprint(params: Params, run: Run, data: RunData) -> dict:
     """Everything that defines what a run computes; a checkpoint only resumes a run with the same one."""
-    method = params["methods"][run.method]
-    train_params = {key: value for key, value in params["train"].items() if key not in NOT_IN_FINGERPRINT}
+    method = params.methods[run.method]
     result = {
         "run": run.key,
-        "train": train_params,
-        "augment": params["augment"],
-        "dataset": params["datasets"][run.dataset],
-        "method": method,
-        "speed": SpeedOptions.from_params(params.get("speed")).fingerprint(),
+        "train": params.train.model_dump(exclude=set(NOT_IN_FINGERPRINT)),
+        "augment": params.augment.model_dump(),
+        "dataset": params.datasets[run.dataset].model_dump(),
+        "method": method.model_dump(),
+        "speed": params.speed.fingerprint(),
         "dataset_sha256": data.dataset_sha256,
         "split_sha256": data.split_sha256,
     }
-    if method["unlabeled"]:
-        result["threshold"] = params["threshold"]
+    if method.unlabeled:
+        result["threshold"] = params.threshold
     return result
 
 
-def train(params: dict, run: Run, data_dir: Path, split_path: Path, out_dir: Path,
+def train(params: Params | Mapping, run: Run, data_dir: Path, split_path: Path, out_dir: Path,
           stop: StopRequest | None = None, progress: bool = True, world: World | None = None,
           model_path: Path | None = None) -> dict:
     """Train one run to completion (resuming if possible), write its curves and ``metrics.json``
@@ -119,15 +119,16 @@ def train(params: dict, run: Run, data_dir: Path, split_path: Path, out_dir: Pat
     returns the same metrics (timings aside), rank 0 alone writes outputs and checkpoints.
     Once the outputs are written the run's checkpoint folder is removed, unless
     ``checkpoints.keep_finished``. Rank 0 holds the folder's :class:`RunLock` meanwhile.
+    ``params`` may be a plain mapping: it is validated first.
     """
-    world = world or SINGLE_PROCESS
-    root = checkpoint_root(params["checkpoints"]["dir"])
+    params, world = validate_params(params), world or SINGLE_PROCESS
+    root = checkpoint_root(params.checkpoints.dir)
     if world.is_main:
         require_writable(root, "the checkpoint folder", f" (set checkpoints.dir or ${CHECKPOINTS_ENV})")
         require_writable(out_dir, "the run's output folder")
         if model_path is not None:
             require_writable(model_path.parent, "the model folder")
-    device = world.place(resolve_device(params["train"]["device"]))
+    device = world.place(resolve_device(params.train.device))
     data = load_run_data(data_dir, split_path, device)
     run_fingerprint = fingerprint(params, run, data)
     checkpoint_dir = run_checkpoint_dir(root, run.key, run_fingerprint)
@@ -137,7 +138,7 @@ def train(params: dict, run: Run, data_dir: Path, split_path: Path, out_dir: Pat
                                     stop or StopRequest(), progress, world)
         if world.is_main:
             write_outputs(out_dir, metrics, state.ema.module.state_dict(), model_path)
-            if not params["checkpoints"]["keep_finished"]:
+            if not params.checkpoints.keep_finished:
                 shutil.rmtree(checkpoint_dir)
         return metrics
     finally:
@@ -145,11 +146,11 @@ def train(params: dict, run: Run, data_dir: Path, split_path: Path, out_dir: Pat
             lock.release()
 
 
-def _train_run(params: dict, run: Run, data: RunData, run_fingerprint: dict, checkpoint_dir: Path,
+def _train_run(params: Params, run: Run, data: RunData, run_fingerprint: dict, checkpoint_dir: Path,
                out_dir: Path, stop: StopRequest, progress: bool, world: World) -> tuple[dict, TrainState]:
     """The steps from the checkpoint (or 0) to ``train.steps``; the run's metrics and final state."""
     device = data.test_images.device  # the run's device: its data is there
-    hp, cadence = StepParams.build(params, run, world), params["train"]
+    hp, cadence = StepParams.build(params, run, world), params.train
     state = build_state(params, run, data, device, world)
     saved = load_for_resume(checkpoint_dir, run_fingerprint)
     if saved is not None:
@@ -162,7 +163,7 @@ def _train_run(params: dict, run: Run, data: RunData, run_fingerprint: dict, che
         save_progress(checkpoint_dir, run_fingerprint, state, log, world, finished)
 
     def evaluate() -> float:
-        return float(accuracy(state.ema_forward, data.test_images, data.test_targets, cadence["eval_batch"]))
+        return float(accuracy(state.ema_forward, data.test_images, data.test_targets, cadence.eval_batch))
 
     state.model.train()
     bar = progress_bar(hp.steps, run.key, unit="step", initial=state.step, disable=not (progress and world.is_main))
@@ -170,11 +171,11 @@ def _train_run(params: dict, run: Run, data: RunData, run_fingerprint: dict, che
         logs = fixmatch_step(state, draw_batch(state, data, hp), hp, world)
         log.window.add(step, logs)
         last = step == hp.steps
-        if step % cadence["log_every"] == 0 or last:
+        if step % cadence.log_every == 0 or last:
             values = log.log_training(step, logs["lr"], world)
             bar.set_postfix(loss=f"{values.get('train/loss', float('nan')):.3f}",
                             mask=f"{values.get('train/mask_rate', 0.0):.2f}", refresh=False)
-        if step % cadence["eval_every"] == 0 or last:
+        if step % cadence.eval_every == 0 or last:
             bar.set_postfix(error=f"{log.log_evaluation(step, world.from_main(evaluate)):.2f}", refresh=False)
         bar.update(1)
         if world.any(stop.requested(step)) and not last:
@@ -182,7 +183,7 @@ def _train_run(params: dict, run: Run, data: RunData, run_fingerprint: dict, che
             save(finished=False)
             bar.close()
             raise Interrupted(stop.signum, step)
-        if step % cadence["checkpoint_every"] == 0 and not last:
+        if step % cadence.checkpoint_every == 0 and not last:
             save(finished=False)
     bar.close()
     wall_time = log.elapsed()
@@ -205,10 +206,10 @@ def save_progress(directory: Path, run_fingerprint: dict, state: TrainState, log
     world.barrier()
 
 
-def _metrics(params: dict, run: Run, data: RunData, log: RunLog, wall_time: float, world: World) -> dict:
+def _metrics(params: Params, run: Run, data: RunData, log: RunLog, wall_time: float, world: World) -> dict:
     """What the run measured and cost (:data:`RECORDED`), and which run and data it was."""
-    device, steps, median_of_last = data.test_images.device, params["train"]["steps"], params["train"]["median_of_last"]
-    speed = SpeedOptions.from_params(params.get("speed"))
+    device, steps, median_of_last = data.test_images.device, params.train.steps, params.train.median_of_last
+    speed = params.speed
     mask_rates = log.curves.series("train/mask_rate")
     pseudo_accuracies = log.curves.series("train/pseudo_label_accuracy")
     return {
@@ -224,7 +225,7 @@ def _metrics(params: dict, run: Run, data: RunData, log: RunLog, wall_time: floa
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "tf32": speed.tf32,
         "world_size": world.world_size,
-        "speed": asdict(speed),  # weak_no_grad changes the algorithm: such runs are reported separately
+        "speed": speed.model_dump(),  # weak_no_grad changes the algorithm: such runs are reported separately
         "mask_rate": mask_rates[-1] if mask_rates else None,
         "pseudo_label_accuracy": pseudo_accuracies[-1] if pseudo_accuracies else None,
         "split_sha256": data.split_sha256,

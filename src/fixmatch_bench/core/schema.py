@@ -1,0 +1,170 @@
+"""The schema of params.yaml: one typed model per block, validated once, read as attributes.
+
+``Params.model_validate(mapping)`` checks types, ranges and allowed values of every key
+the pipeline reads and refuses unknown keys (a misspelled one); :mod:`.config` turns its
+first error into today's one line (key, value, what is allowed) and adds the checks
+that relate several blocks. Kept free of torch: every stage validates params first.
+What each speed option does is in :mod:`fixmatch_bench.train.speed`.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+PositiveInt = Annotated[int, Field(ge=1)]
+Count = Annotated[int, Field(ge=0)]
+NonNegative = Annotated[float, Field(ge=0.0)]
+Positive = Annotated[float, Field(gt=0.0)]
+Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+class Block(BaseModel):
+    """A params block: strict types (no "1" for 1, no 1 for true), unknown keys refused, read-only."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class TrainParams(Block):
+    steps: PositiveInt
+    batch: PositiveInt
+    uratio: Count
+    unlabeled_weight: NonNegative
+    lr: Positive
+    momentum: Fraction
+    nesterov: bool
+    ema: Fraction
+    eval_every: PositiveInt
+    median_of_last: PositiveInt
+    eval_batch: PositiveInt
+    log_every: PositiveInt
+    checkpoint_every: PositiveInt
+    seed: Count
+    device: Literal["auto", "cpu", "cuda"]
+
+
+class Network(Block):
+    """``WideResNet``'s keyword arguments; unset ones take its defaults (the official values)."""
+
+    filters: PositiveInt
+    scales: PositiveInt
+    repeat: PositiveInt
+    bn_momentum: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
+    padding: Literal["tf", "symmetric"] | None = None
+
+    def kwargs(self) -> dict[str, Any]:
+        return self.model_dump(exclude_none=True)
+
+
+class DatasetFacts(Block):
+    """One row of the dataset table."""
+
+    train_size: PositiveInt
+    test_size: PositiveInt
+    num_classes: PositiveInt
+    image_size: PositiveInt
+    channels: PositiveInt
+    flip: bool
+    translate: Count
+    ra_cutout: Count
+    cta_cutout: Count
+    ra_translate_scale: Annotated[float, Field(gt=0.0, le=1.0)]
+    network: Network
+    weight_decay: NonNegative
+
+
+class Method(Block):
+    unlabeled: bool
+    strong: Literal["none", "randaugment", "ctaugment"]
+    distribution_alignment: bool
+
+
+class AugmentParams(Block):
+    impl: Literal["batched", "reference"]
+    cta_translate_fix: bool
+
+
+class SpeedOptions(Block):
+    """The ``speed:`` block: how a run is executed; :data:`CHANGES_RESULTS` also change what it computes."""
+
+    channels_last: bool = False
+    autocast_bf16: bool = False
+    compile: Literal["none", "model", "step"] = "none"
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"
+    compile_augment: bool = False
+    optimizer_impl: Literal["for_loop", "foreach", "fused"] = "foreach"
+    weak_no_grad: bool = False
+    tf32: bool = False
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The options that change results beyond float rounding (resume only with the same ones)."""
+        return {name: getattr(self, name) for name in CHANGES_RESULTS}
+
+    @property
+    def compiles(self) -> bool:
+        """Whether anything goes through ``torch.compile``."""
+        return self.compile != "none" or self.compile_augment
+
+    @property
+    def lr_as_tensor(self) -> bool:
+        """Whether the optimizer's learning rate lives in a device tensor (a compiled SGD step reads it)."""
+        return self.compile == "step"
+
+    def optimizer_kwargs(self) -> dict[str, bool]:
+        """Keyword arguments selecting the ``torch.optim.SGD`` implementation."""
+        return {"for_loop": {"foreach": False}, "foreach": {"foreach": True},
+                "fused": {"fused": True}}[self.optimizer_impl]
+
+
+# Speed options that change what a run computes beyond float rounding: part of a run's fingerprint.
+CHANGES_RESULTS = ("autocast_bf16", "weak_no_grad", "tf32")
+
+
+class CheckpointParams(Block):
+    dir: Annotated[str, Field(min_length=1)] | None
+    keep_finished: bool
+
+
+class CheckParams(Block):
+    std_factor: NonNegative
+    floor: NonNegative
+    max_ratio_to_supervised: Positive
+
+
+class SourcesParams(Block):
+    """How the download stage fetches (what it fetches is in conf/sources/<dataset>.yaml)."""
+
+    mirror: str | None = None
+    retries: Count = 5
+    timeout_s: Positive = 60.0
+    backoff_s: Positive = 1.0
+
+
+class RunTable(Block):
+    """The runs the training stages iterate over: ``{key: [dataset, method, split]}`` per group."""
+
+    supervised: dict[str, list[str]]
+    semi_supervised: dict[str, list[str]]
+
+
+class Params(Block):
+    """All of params.yaml."""
+
+    suite_name: str
+    threshold: Fraction
+    train: TrainParams
+    augment: AugmentParams
+    speed: SpeedOptions
+    checkpoints: CheckpointParams
+    launcher: Annotated[str, Field(min_length=1)]
+    check: CheckParams
+    sources: SourcesParams
+    datasets: dict[str, DatasetFacts]
+    methods: dict[str, Method]
+    data: Annotated[list[str], Field(min_length=1)]
+    folds: Annotated[list[PositiveInt], Field(min_length=1)]
+    cells: Annotated[list[str], Field(min_length=1)]
+    ssl_methods: list[str]
+    da_cells: list[str]
+    runs: RunTable | None = None  # derived from the lists above when conf/ is composed
