@@ -281,3 +281,34 @@ def test_a_bad_hand_edited_params_file_stops_dvc_repro_before_any_output_is_touc
     assert "Running stage 'validate'" in output or "Running stage" not in output, output
     assert _workspace(repo) == before
     assert (repo / "reports/results.csv").read_text() == first_table
+
+
+def test_switching_suites_offline_loses_nothing_and_the_readmes_command_brings_the_workspace_back(tmp_path,
+                                                                                                  monkeypatch):
+    """`dvc exp run -S suite=paper` without the datasets: DVC checks the workspace out for the paper
+    pipeline and the download fails; unfinished runs' checkpoints (outside the workspace) are untouched,
+    and the README's `git checkout params.yaml dvc.lock results reports data && dvc checkout` restores
+    every output: the runs' metrics and curves from git, models and data from DVC's cache."""
+    checkpoints = tmp_path / "checkpoints"
+    unfinished = checkpoints / "digits_20-fixmatch_ra-1-0123456789abcdef" / "state.pt"
+    unfinished.parent.mkdir(parents=True)
+    unfinished.write_bytes(b"an interrupted run's state")
+    monkeypatch.setenv("FIXMATCH_CHECKPOINTS", str(checkpoints))
+    repo = repo_on_suite(tmp_path / "repo", "mini", MINI_SUITE)
+    dvc(repo, "repro", "aggregate")  # (the mini suite has no baseline to check against)
+    git(repo, "add", "-A")
+    git(repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "quick suite ran")
+    status = json.loads(dvc(repo, "status", "--json").stdout)
+    outputs = sorted(path for folder in ("results", "models", "reports", "data/splits") for path in
+                     (repo / folder).rglob("*") if path.is_file())
+    before = {path: path.read_bytes() for path in outputs}
+    empty = tmp_path / "no-mirror"
+    empty.mkdir()
+    switched = dvc(repo, "exp", "run", "-S", "suite=paper", "-S", f"sources.mirror={empty}", check=False)
+    assert switched.returncode != 0 and "download" in switched.stdout + switched.stderr
+    assert not all(path.exists() for path in outputs)  # the paper pipeline's checkout took them away
+    git(repo, "checkout", "params.yaml", "dvc.lock", "results", "reports", "data")
+    dvc(repo, "checkout")
+    assert {path: path.read_bytes() for path in outputs} == before
+    assert unfinished.read_bytes() == b"an interrupted run's state"
+    assert json.loads(dvc(repo, "status", "--json").stdout) == status
