@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from fixmatch_bench.core.config import load_params, parse_run
-from fixmatch_bench.core.stage import end_with_dvc, run_stage
+from fixmatch_bench.core.stage import end_with_dvc, refuse_training_if_switched_off, run_stage
 from fixmatch_bench.train.checkpoint import CheckpointError
 from fixmatch_bench.train.distributed import launch
 from fixmatch_bench.train.trainer import Interrupted, NonFiniteLoss, StopRequest, stop_on_signals, train
@@ -30,6 +30,7 @@ def main() -> int:
     args = parser.parse_args()
     params = load_params(args.params)
     run = parse_run(args.run, params)
+    refuse_training_if_switched_off(run.key)
     end_with_dvc()
     with launch(params.train.device) as world, stop_on_signals(StopRequest()) as stop:
         try:

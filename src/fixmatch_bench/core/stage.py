@@ -16,11 +16,28 @@ from .config import ParamsError
 
 
 
+# Set by the cluster's final job (fixmatch_bench.cluster): its `dvc repro` restores the runs that
+# finished in their own jobs from DVC's run-cache, and a training stage that would have to train
+# fails instead of training on that job's node.
+NO_TRAIN_ENV = "FIXMATCH_NO_TRAIN"
+
+
+class TrainingNotAllowed(RuntimeError):
+    """A run was not restored from DVC's run-cache where training is switched off."""
+
+
+def refuse_training_if_switched_off(run_key: str) -> None:
+    if os.environ.get(NO_TRAIN_ENV):
+        raise TrainingNotAllowed(f"{run_key} is missing: it did not finish in its cluster job, and {NO_TRAIN_ENV} "
+                                 "is set here (this job restores runs, it does not train them); see its job log, "
+                                 "then `python -m fixmatch_bench.cluster submit` trains what is missing")
+
+
 class UnwritableLocation(RuntimeError):
     """A folder a stage must write to cannot be created or written; the message says which and what to do."""
 
 
-EXPECTED_ERRORS: tuple[type[BaseException], ...] = (ParamsError, UnwritableLocation, FileNotFoundError, ValueError)
+EXPECTED_ERRORS: tuple[type[BaseException], ...] = (ParamsError, UnwritableLocation, TrainingNotAllowed, FileNotFoundError, ValueError)
 
 
 def run_stage(main: Callable[[], int | None], expected: tuple[type[BaseException], ...] = ()) -> None:
