@@ -81,23 +81,23 @@ def _script(lines: Sequence[str]) -> str:
     return "#!/bin/bash\n" + "\n".join(lines) + "\n"
 
 
-def _environment(repo: Path, worktree: Path, checkpoints: Path | None) -> list[str]:
-    """The job's environment: this checkout's virtualenv, the worktree's own code, one thread per CPU."""
+def _environment(workspace: Path, checkpoints: Path | None = None) -> list[str]:
+    """A job's environment in ``workspace``: this checkout's virtualenv with the workspace's own code
+    first on the path, one thread per allocated CPU, the runs' checkpoints on shared storage."""
     venv = Path(sys.executable).parent
     lines = [f"export PATH={shlex.quote(str(venv))}:$PATH",
-             f"export PYTHONPATH={shlex.quote(str(worktree / 'src'))}${{PYTHONPATH:+:$PYTHONPATH}}",
-             "export OMP_NUM_THREADS=${SLURM_CPUS_PER_TASK:-1} DVC_NO_ANALYTICS=1",
-             f"cd {shlex.quote(str(worktree))}"]
+             f"export PYTHONPATH={shlex.quote(str(workspace / 'src'))}${{PYTHONPATH:+:$PYTHONPATH}}",
+             "export OMP_NUM_THREADS=${SLURM_CPUS_PER_TASK:-1} DVC_NO_ANALYTICS=1"]
     if checkpoints is not None:
-        lines.insert(3, f"export FIXMATCH_CHECKPOINTS={shlex.quote(str(checkpoints))}")
-    return lines
+        lines.append(f"export FIXMATCH_CHECKPOINTS={shlex.quote(str(checkpoints))}")
+    return [*lines, f"cd {shlex.quote(str(workspace))}"]
 
 
-def run_script(repo: Path, worktree: Path, checkpoints: Path | None, run: Run, log: Path) -> str:
+def run_script(worktree: Path, checkpoints: Path | None, run: Run, log: Path) -> str:
     """Train one run with ``dvc repro``; on USR1 (the time limit is near) requeue the job, whose
     SIGTERM makes the trainer checkpoint; the last line of a failed job is the stage's error."""
     return _script([
-        *_environment(repo, worktree, checkpoints),
+        *_environment(worktree, checkpoints),
         'trap \'echo "fixmatch-bench: time limit near, requeueing job $SLURM_JOB_ID"; '
         'scontrol requeue "$SLURM_JOB_ID"\' USR1',
         f"dvc repro {shlex.quote(stage_of(run))} &",
@@ -116,10 +116,9 @@ def run_script(repo: Path, worktree: Path, checkpoints: Path | None, run: Run, l
 
 def final_script(repo: Path) -> str:
     """Restore every finished run from DVC's run-cache (no training here), then tables and the strict check."""
-    venv = Path(sys.executable).parent
     return _script([
-        f"export PATH={shlex.quote(str(venv))}:$PATH DVC_NO_ANALYTICS=1 {NO_TRAIN_ENV}=1",
-        f"cd {shlex.quote(str(repo))}",
+        *_environment(repo),
+        f"export {NO_TRAIN_ENV}=1",
         "dvc repro --keep-going; repro=$?",
         "if [ $repro -ne 0 ]; then python pipeline/aggregate.py; fi  # the tables, with the missing runs as incomplete",
         "python pipeline/check.py --strict",
@@ -164,8 +163,7 @@ def submit(repo: Path, root: Path, options: JobOptions) -> dict:
     checkpoints = None if params.checkpoints.dir else root / "checkpoints"
     common = options.common()
     upstream_script = root / "jobs" / "upstream.sh"
-    upstream_script.write_text(_script([*_environment(repo, repo, checkpoints)[:3], f"cd {shlex.quote(str(repo))}",
-                                        "dvc repro split"]))
+    upstream_script.write_text(_script([*_environment(repo), "dvc repro split"]))
     upstream = _sbatch([*common, "--job-name=fixmatch-upstream", f"--output={root / 'logs' / 'upstream.log'}"],
                        upstream_script, repo)
     changed = _changed_stages(repo)
@@ -177,7 +175,7 @@ def submit(repo: Path, root: Path, options: JobOptions) -> dict:
         worktree, log = root / "worktrees" / run.key, root / "logs" / f"{run.key}.log"
         _worktree(repo, worktree, commit, cache)
         script = root / "jobs" / f"{run.key}.sh"
-        script.write_text(run_script(repo, worktree, checkpoints, run, log))
+        script.write_text(run_script(worktree, checkpoints, run, log))
         jobs[run.key] = _sbatch([*options.run(), f"--job-name={run.key}", f"--output={log}",
                                  f"--dependency=afterok:{upstream}"], script, repo)
     final_path = root / "jobs" / "final.sh"
