@@ -65,7 +65,8 @@ def _with(params: dict, key: str, value) -> dict:
                       "da_cells, runs)"),
     ("train.stesp", 1024, "invalid params: train.stesp = 1024 (not a known key; allowed: steps, batch, uratio, "
                           "unlabeled_weight, lr, momentum, nesterov, ema, eval_every, median_of_last, eval_batch, "
-                          "log_every, checkpoint_every, seed, device)"),
+                          "log_every, checkpoint_every, seed, device, lr_schedule, lr_end, sharpen_temperature, "
+                          "soft_pseudo_labels)"),
     ("train.steps", 1024.0, "invalid params: train.steps = 1024.0 (must be an integer in [1, inf))"),
     ("train.nesterov", "yes", "invalid params: train.nesterov = 'yes' (allowed: true, false)"),
     ("datasets.digits.network.padding", "same", "invalid params: datasets.digits.network.padding = 'same' "

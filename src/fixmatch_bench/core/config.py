@@ -171,6 +171,13 @@ def validate_params(params: Mapping[str, Any] | Params) -> Params:
     train = typed.train
     if train.checkpoint_every % train.log_every:
         _fail("train.checkpoint_every", train.checkpoint_every, f"must be a multiple of train.log_every = {train.log_every}")
+    if (train.lr_schedule == "linear") != (train.lr_end is not None):
+        _fail("train.lr_end", train.lr_end, f"a number with lr_schedule: linear, null with {train.lr_schedule}")
+    sharpening = train.sharpen_temperature != 1.0 or train.soft_pseudo_labels
+    if sharpening and typed.da_cells:
+        _fail("train.sharpen_temperature" if train.sharpen_temperature != 1.0 else "train.soft_pseudo_labels",
+              train.sharpen_temperature if train.sharpen_temperature != 1.0 else True,
+              f"the sharpening ablations are not defined with distribution alignment (da_cells = {typed.da_cells})")
     if typed.speed.compile_augment and typed.augment.impl != "batched":
         _fail("speed.compile_augment", True, "needs augment.impl = batched (the reference ops are per-image PIL)")
     for dataset in typed.data:

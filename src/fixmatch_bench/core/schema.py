@@ -42,6 +42,10 @@ class TrainParams(Block):
     checkpoint_every: PositiveInt
     seed: Count
     device: Literal["auto", "cpu", "cuda"]
+    lr_schedule: Literal["cosine", "linear"]
+    lr_end: NonNegative | None
+    sharpen_temperature: Positive
+    soft_pseudo_labels: bool
 
 
 class Network(Block):

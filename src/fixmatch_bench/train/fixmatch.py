@@ -37,8 +37,17 @@ def fixmatch_loss(
     unlabeled_weight: float,
     align: Callable[[Tensor], Tensor] | None = None,
     weak_no_grad: bool = False,
+    temperature: float = 1.0,
+    soft_targets: bool = False,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Return the loss to minimise and detached tensors to log.
+
+    ``temperature`` and ``soft_targets`` are the official sharpening ablations (off: T = 1,
+    hard labels, the FixMatch loss). ``temperature`` alone (ablation/ab_fixmatch_sharpen.py):
+    the mask is taken from ``softmax(logits_weak / T)``; the hard label, its argmax, does not
+    change. With ``soft_targets`` (ab_fixmatch_sharpen_conditional_consistency.py): the mask
+    comes from the unsharpened distribution and the strong view is trained towards the
+    sharpened distribution itself (soft cross-entropy).
 
     ``align`` maps the weak-view class probabilities to the distribution the
     pseudo-label and the mask are taken from (distribution alignment); the
@@ -64,9 +73,11 @@ def fixmatch_loss(
 
     weak_probs = torch.softmax(logits_weak.detach().float(), dim=1)
     target_probs = align(weak_probs) if align is not None else weak_probs
-    confidence, pseudo_labels = target_probs.max(dim=1)
+    sharpened = torch.softmax(logits_weak.detach().float() / temperature, dim=1) if temperature != 1.0 else target_probs
+    confidence, pseudo_labels = (target_probs if soft_targets else sharpened).max(dim=1)
     mask = (confidence >= threshold).float()
-    loss_u = (F.cross_entropy(logits_strong, pseudo_labels, reduction="none") * mask).mean()
+    targets = sharpened if soft_targets else pseudo_labels
+    loss_u = (F.cross_entropy(logits_strong, targets, reduction="none") * mask).mean()
     loss = loss_x + unlabeled_weight * loss_u
 
     logs = {

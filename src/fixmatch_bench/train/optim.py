@@ -49,3 +49,16 @@ def cosine_lr(base_lr: float, step: int, total_steps: int) -> float:
     """lr_k = lr * cos(7 pi k / (16 K)), no warm-up; ends at lr * cos(7 pi / 16)."""
     progress = min(max(step / total_steps, 0.0), 1.0)
     return base_lr * math.cos(7.0 * math.pi * progress / 16.0)
+
+
+def linear_lr(base_lr: float, end_lr: float, step: int, total_steps: int) -> float:
+    """lr_k = lr + (lr_end - lr) * clip(k / K, 0, 1): the official ablation's linear decay
+    (ablation/ab_fixmatch_linearlr.py ``AB_FixMatch_LinearLR.model``)."""
+    return base_lr + (end_lr - base_lr) * min(max(step / total_steps, 0.0), 1.0)
+
+
+def scheduled_lr(schedule: str, base_lr: float, end_lr: float, step: int, total_steps: int) -> float:
+    """The learning rate of step ``step`` under ``train.lr_schedule`` (cosine: the protocol's)."""
+    if schedule == "linear":
+        return linear_lr(base_lr, end_lr, step, total_steps)
+    return cosine_lr(base_lr, step, total_steps)

@@ -18,7 +18,7 @@ from ..core.schema import Params
 from .distributed import SINGLE_PROCESS, World
 from .evaluation import to_model_input
 from .fixmatch import Batch
-from .optim import cosine_lr, set_lr
+from .optim import scheduled_lr, set_lr
 from .run_data import RunData
 from .state import TrainState
 
@@ -28,8 +28,12 @@ class StepParams:
     """What one step reads from params (``train``, ``threshold``, the run's method) and this rank's shares."""
 
     lr: float
+    lr_schedule: str
+    lr_end: float
     steps: int
     threshold: float
+    temperature: float  # the sharpening ablations (1.0, False: the FixMatch loss)
+    soft_targets: bool
     unlabeled_weight: float
     uses_unlabeled: bool  # semi-supervised method and uratio > 0
     ctaugment: bool  # update CTAugment's rates from the EMA model's predictions on probe images
@@ -42,7 +46,8 @@ class StepParams:
     def build(cls, params: Params, run: Run, world: World = SINGLE_PROCESS) -> StepParams:
         hp, method, speed = params.train, params.methods[run.method], params.speed
         uses_unlabeled = method.unlabeled and hp.uratio > 0
-        return cls(lr=hp.lr, steps=hp.steps, threshold=params.threshold,
+        return cls(lr=hp.lr, lr_schedule=hp.lr_schedule, lr_end=hp.lr_end or 0.0, steps=hp.steps,
+                   threshold=params.threshold, temperature=hp.sharpen_temperature, soft_targets=hp.soft_pseudo_labels,
                    unlabeled_weight=hp.unlabeled_weight * uses_unlabeled, uses_unlabeled=uses_unlabeled,
                    ctaugment=method.strong == "ctaugment", weak_no_grad=speed.weak_no_grad,
                    lr_as_tensor=speed.lr_as_tensor, labeled_share=world.share(hp.batch, "train.batch"),
@@ -77,11 +82,12 @@ def fixmatch_step(state: TrainState, drawn: Drawn, hp: StepParams, world: World 
     """One update: the loss (:func:`~.fixmatch.fixmatch_loss`), SGD at the step's cosine learning
     rate, BN statistics from rank 0, the EMA, then the distribution-alignment buffer and CTAugment's
     rates. Returns the loss's logs (device tensors, no host sync) and the learning rate."""
-    lr = cosine_lr(hp.lr, state.step, hp.steps)
+    lr = scheduled_lr(hp.lr_schedule, hp.lr, hp.lr_end, state.step, hp.steps)
     set_lr(state.optimizer, lr, as_tensor=hp.lr_as_tensor)
     align = state.alignment.align if state.alignment is not None else None
     loss, logs = state.functions.loss(state.forward, drawn.batch, hp.threshold, hp.unlabeled_weight,
-                                      align=align, weak_no_grad=hp.weak_no_grad)
+                                      align=align, weak_no_grad=hp.weak_no_grad, temperature=hp.temperature,
+                                      soft_targets=hp.soft_targets)
     state.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     state.functions.optimizer_step()
