@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from conftest import dvc, repo_on_suite
+from fixmatch_bench.cluster import steps_done
 from slurm_cluster import Cluster, start_cluster
 from test_pipeline import MINI_SUITE
 
@@ -105,14 +106,8 @@ LONGER = (MINI_SUITE.replace("steps: 24", "steps: 400").replace("eval_every: 8",
           .replace("checkpoint_every: 16", "checkpoint_every: 8"))
 
 
-def _steps_logged(repo: Path, run: str) -> int:
-    curve = repo / ".cluster/worktrees" / run / "results" / run / "curves/train/lr.tsv"
-    rows = curve.read_text().splitlines()[1:] if curve.exists() else []
-    return int(rows[-1].split("\t")[0]) if rows else 0
-
-
 def _wait_for_steps(repo: Path, run: str, steps: int, deadline: float) -> None:
-    while _steps_logged(repo, run) < steps and time.monotonic() < deadline:
+    while steps_done(repo / ".cluster/worktrees" / run, run) < steps and time.monotonic() < deadline:
         time.sleep(0.2)
 
 

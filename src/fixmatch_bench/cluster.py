@@ -197,9 +197,9 @@ def _job_state(job: str) -> str:
     return "GONE (purged by slurmctld: see its log)"
 
 
-def _steps_done(worktree: Path, run: Run) -> int:
-    """The last logged step of a run (its curves are rewritten from the checkpoint on resume)."""
-    curve = worktree / "results" / run.key / "curves" / "train" / "lr.tsv"
+def steps_done(worktree: Path, run_key: str) -> int:
+    """The last logged step of a run in its worktree (its curves are rewritten from the checkpoint on resume)."""
+    curve = worktree / "results" / run_key / "curves" / "train" / "lr.tsv"
     rows = curve.read_text().splitlines()[1:] if curve.exists() else []
     return int(rows[-1].split("\t")[0]) if rows else 0
 
@@ -217,7 +217,7 @@ def status(repo: Path, root: Path) -> list[dict]:
         job = record["runs"].get(run.key)
         state = _job_state(job) if job else "DONE (up to date in this workspace, not resubmitted)"
         rows.append({"job": job or "-", "name": run.key, "state": state,
-                     "steps": f"{_steps_done(root / 'worktrees' / run.key, run)}/{record['steps']}"})
+                     "steps": f"{steps_done(root / 'worktrees' / run.key, run.key)}/{record['steps']}"})
     rows.append({"job": record["final"], "name": "final (restore, tables, check)", "state": _job_state(record["final"])})
     return rows
 
