@@ -1,4 +1,5 @@
-"""DVC stage `aggregate`: tables, plots and the summary metrics of the suite in params.
+"""DVC stage `aggregate`: tables, plots and the summary metrics of the suite in params, and
+reports/ablation/ (a table, one figure per axis) for its ablation runs.
 
 The run list comes from the params (never from globbing results/), so a run
 that did not finish shows as a missing fold instead of shrinking the average.
@@ -11,6 +12,7 @@ from pathlib import Path
 from fixmatch_bench.core.config import expected_runs, load_params
 from fixmatch_bench.core.stage import run_stage
 from fixmatch_bench.report import plots, tables
+from fixmatch_bench.report.ablation import write_suite_ablations
 from fixmatch_bench.report.cells import aggregate_cells, collect_runs, summary
 from fixmatch_bench.report.published import load_published
 
@@ -41,6 +43,7 @@ def main() -> None:
     plots.plot_training_signals(plots.load_curves(expected, args.results, "train/mask_rate"),
                                 plots.load_curves(expected, args.results, "train/pseudo_label_accuracy"),
                                 published, out / "training_signals.png")
+    write_suite_ablations(params, args.results, published, out / "ablation")
     (out / "summary.json").write_text(json.dumps(summary(cells), indent=2) + "\n")
     done = sum(result is not None for _, result in collected)
     print(f"aggregated {done}/{len(collected)} runs into {len(cells)} cells; see {out / 'results.md'}")

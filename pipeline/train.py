@@ -1,4 +1,5 @@
-"""DVC stages `supervised@<cell>-supervised-<fold>` and `train@<cell>-<method>-<fold>`: train one run.
+"""DVC stages `supervised@<cell>-supervised-<fold>` and `train@<cell>-<method>-<fold>[+<key>=<value>...]`: train one run
+(an ablation variant trains with its changes to params in place).
 
 Writes results/<run>/ (metrics.json, curves/) and models/<run>.pt (the EMA model's weights). Resumes from the run's
 checkpoint (outside the workspace, see checkpoints in params.yaml) after an
@@ -11,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from fixmatch_bench.core.config import load_params, parse_run
+from fixmatch_bench.core.config import load_params, parse_run, run_params
 from fixmatch_bench.core.stage import end_with_dvc, refuse_training_if_switched_off, run_stage
 from fixmatch_bench.train.checkpoint import CheckpointError
 from fixmatch_bench.train.distributed import launch
@@ -21,15 +22,16 @@ from fixmatch_bench.train.trainer import Interrupted, NonFiniteLoss, StopRequest
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     # Positional: under `torchrun ... pipeline/train.py`, torchrun's parser would take --run for its --run-path.
-    parser.add_argument("run", help="<cell>-<method>-<fold>, e.g. digits_20-fixmatch_ra-1")
+    parser.add_argument("run", help="<cell>-<method>-<fold>[+<key>=<value>...], e.g. digits_20-fixmatch_ra-1")
     parser.add_argument("--prepared", type=Path, default=Path("data/prepared"))
     parser.add_argument("--splits", type=Path, default=Path("data/splits"))
     parser.add_argument("--results", type=Path, default=Path("results"))
     parser.add_argument("--models", type=Path, default=Path("models"))
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args()
-    params = load_params(args.params)
-    run = parse_run(args.run, params)
+    suite_params = load_params(args.params)
+    run = parse_run(args.run, suite_params)
+    params = run_params(suite_params, run)
     refuse_training_if_switched_off(run.key)
     end_with_dvc()
     with launch(params.train.device) as world, stop_on_signals(StopRequest()) as stop:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -12,8 +13,11 @@ from torch import nn
 
 from conftest import digits_workspace
 from fixmatch_bench.core.config import ParamsError, Run, validate_params
+from fixmatch_bench.train.augment import make_augmenter
+from fixmatch_bench.train.augment.ctaugment import CTA_FILL
 from fixmatch_bench.train.fixmatch import Batch, fixmatch_loss
-from fixmatch_bench.train.optim import linear_lr, scheduled_lr
+from fixmatch_bench.train.optim import TFAdam, build_optimizer, linear_lr, scheduled_lr
+from fixmatch_bench.train.step import StepParams, draw_batch
 from fixmatch_bench.train.trainer import train
 
 # One labeled image, two unlabeled ones, three classes: the "network" returns these logits for the
@@ -23,8 +27,13 @@ THRESHOLD = 0.7  # softmax(WEAK[0]) peaks at 0.576 (below), at T = 0.5 at 0.787 
 
 
 class FixedLogits(nn.Module):
+    def __init__(self, rows: list | None = None) -> None:
+        super().__init__()
+        self.rows, self.seen = rows, []
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.tensor([LOGITS_X, *WEAK, *STRONG])
+        self.seen.append(x.shape[0])
+        return torch.tensor(self.rows or [LOGITS_X, *WEAK, *STRONG])
 
 
 def _loss_u(**variant) -> tuple[float, float]:
@@ -69,6 +78,110 @@ def test_conditional_consistency_masks_with_the_raw_distribution_and_trains_towa
     assert loss_u != pytest.approx(_loss_u()[0], rel=1e-3)  # not the hard-label loss
 
 
+def test_mean_teacher_takes_pseudo_labels_and_mask_from_the_teacher_while_the_weak_view_stays_in_the_pass():
+    """ab_fixmatch_meanteacher.py: pseudo-labels from the EMA model (eval mode) on the weak view; the
+    training pass still holds labeled + weak + strong images, so BatchNorm sees the same batch."""
+    teacher_weak = [[0.0, 0.0, 4.0], [0.0, 0.0, 0.0]]  # confident in class 2 (0.965), then uniform (masked)
+    student, teacher = FixedLogits(), FixedLogits(teacher_weak)
+    batch = Batch(labeled=torch.zeros(1, 1), targets=torch.tensor([0]), weak=torch.zeros(2, 1), strong=torch.zeros(2, 1))
+    _, logs = fixmatch_loss(student, batch, THRESHOLD, 1.0, teacher=teacher)
+    assert student.seen == [5] and teacher.seen == [2]
+    assert float(logs["mask_rate"]) == 0.5
+    assert float(logs["loss_u"]) == pytest.approx(_cross_entropy(STRONG[0], [0.0, 0.0, 1.0]) / 2, rel=1e-6)
+
+
+def test_adam_is_tensorflows_with_l2_in_the_gradient_and_eps_on_the_uncorrected_root():
+    """ab_fixmatch_adam.py: tf.train.AdamOptimizer(lr, b1, b2) on loss + wd * ||w||^2 / 2, two steps by hand."""
+    lr, b1, b2, wd, gradients = 0.002, 0.9, 0.999, 0.1, [0.2, -0.05]
+    weight = nn.Parameter(torch.tensor([1.0], dtype=torch.float64))
+    optimizer = TFAdam([{"params": [weight], "weight_decay": wd}], lr, b1, b2)
+    w, m, v = 1.0, 0.0, 0.0
+    for t, g in enumerate(gradients, start=1):
+        weight.grad = torch.tensor([g], dtype=torch.float64)
+        optimizer.step()
+        g = g + wd * w
+        m, v = b1 * m + (1 - b1) * g, b2 * v + (1 - b2) * g * g
+        w -= lr * math.sqrt(1 - b2 ** t) / (1 - b1 ** t) * m / (math.sqrt(v) + 1e-8)
+        assert float(weight.detach()) == pytest.approx(w, abs=1e-15)
+    assert TFAdam([weight], lr, b1, 0.0).defaults["eps"] == 1e-4  # the script's epsilon when beta2 = 0
+
+
+def test_the_optimizer_param_builds_adam_with_the_scripts_betas_and_decays_kernels_only():
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2))
+    adam = build_optimizer(model, "adam", 0.002, 5e-4, momentum=0.9, nesterov=True, beta1=0.8, beta2=0.99)
+    assert isinstance(adam, TFAdam) and [g["weight_decay"] for g in adam.param_groups] == [5e-4, 0.0]
+    assert (adam.defaults["beta1"], adam.defaults["beta2"]) == (0.8, 0.99)
+    sgd = build_optimizer(model, "sgd", 0.03, 5e-4, momentum=0.9, nesterov=True, beta1=0.8, beta2=0.99)
+    assert isinstance(sgd, torch.optim.SGD) and sgd.defaults["nesterov"]
+
+
+def _views(strong: str, branch: str, seed: int = 3):
+    images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
+    kwargs = {"cutout": 16, "strong": strong}
+    full, variant = make_augmenter(**kwargs), make_augmenter(**kwargs, strong_branch=branch)
+    return (full.strong(images, torch.Generator().manual_seed(seed)),
+            variant.strong(images, torch.Generator().manual_seed(seed)),
+            make_augmenter(**kwargs).weak(images, torch.Generator().manual_seed(seed)))
+
+
+def _changed_box(a: torch.Tensor, b: torch.Tensor) -> tuple[int, int]:
+    """Height and width of the box around the pixels where two images differ."""
+    rows, cols = torch.nonzero((a != b).any(dim=0), as_tuple=True)
+    return int(rows.max() - rows.min() + 1), int(cols.max() - cols.min() + 1)
+
+
+@pytest.mark.parametrize("strong", ["ctaugment", "randaugment"])
+def test_no_cutout_is_the_policy_without_its_cutout(strong):
+    """ab_fixmatch_nocutout.py: the same policy draws, then no cutout: the full view differs from it
+    only inside one cutout square of at most 16 px."""
+    full, no_cutout, _ = _views(strong, "no_cutout")
+    for a, b in zip(full, no_cutout):
+        height, width = _changed_box(a, b)
+        assert height <= 16 and width <= 16
+
+
+@pytest.mark.parametrize("strong, fill", [("ctaugment", CTA_FILL.cutout), ("randaugment", 128)])
+def test_only_cutout_is_a_weak_view_with_the_policys_cutout_alone(strong, fill):
+    """ab_fixmatch_onlycutout.py: no policy; the strong view is an independent weak view with the
+    policy's cutout (its size and its fill) and nothing else."""
+    _, only_cutout, weak = _views(strong, "only_cutout")
+    for a, b in zip(only_cutout, weak):
+        changed = (a != b).any(dim=0)
+        height, width = _changed_box(a, b)
+        assert height <= 16 and width <= 16
+        assert (a[:, changed] == fill).all()
+
+
+class MarkingAugmenter:
+    """Weak views filled with 10, strong views with 200, to see which view lands where."""
+
+    def weak(self, images, generator, share=slice(None)):
+        return torch.full_like(images[share], 10)
+
+    def strong(self, images, generator, share=slice(None)):
+        return torch.full_like(images[share], 200)
+
+
+@pytest.mark.parametrize("anchoring", ["weak.strong", "weak.weak", "strong.weak", "strong.strong"])
+def test_anchoring_chooses_the_pseudo_label_view_and_the_trained_view(params, anchoring):
+    """ab_fixmatch_anchoring.py --anchoring <pseudo-label view>.<trained view>; the labeled view stays weak."""
+    changed = copy.deepcopy(params)
+    changed["augment"]["anchoring"] = anchoring
+    hp = StepParams.build(validate_params(changed), Run("digits", 20, "fixmatch_cta", 1))
+    stream = SimpleNamespace(next=lambda: torch.tensor([0, 1]))
+    state = SimpleNamespace(labeled_stream=stream, unlabeled_stream=stream, augmenter=MarkingAugmenter(),
+                            augment_generator=None)
+    images = torch.zeros(2, 1, 4, 4, dtype=torch.uint8)
+    data = SimpleNamespace(labeled_images=images, labeled_targets=torch.tensor([0, 1]), unlabeled_images=images,
+                           unlabeled_targets=torch.tensor([0, 1]))
+    batch = draw_batch(state, data, hp).batch
+    level = {"weak": 10 * 2 / 255 - 1, "strong": 200 * 2 / 255 - 1}
+    pseudo, trained = anchoring.split(".")
+    assert batch.labeled.unique().tolist() == pytest.approx([level["weak"]])
+    assert batch.weak.unique().tolist() == pytest.approx([level[pseudo]])
+    assert batch.strong.unique().tolist() == pytest.approx([level[trained]])
+
+
 def test_linear_decay_goes_from_lr_to_lr_end_and_stays_there():
     """ab_fixmatch_linearlr.py: lr + (lr_end - lr) * clip(k / K, 0, 1)."""
     assert [linear_lr(0.03, 0.02, step, 100) for step in (0, 50, 100, 150)] == pytest.approx([0.03, 0.025, 0.02, 0.02])
@@ -81,10 +194,31 @@ def test_linear_decay_goes_from_lr_to_lr_end_and_stays_there():
     ({"lr_end": 0.02}, "invalid params: train.lr_end = 0.02 (a number with lr_schedule: linear, null with cosine)"),
     ({"sharpen_temperature": 0.0}, "invalid params: train.sharpen_temperature = 0.0 (must be a number in (0.0, inf))"),
     ({"lr_schedule": "step"}, "invalid params: train.lr_schedule = 'step' (allowed: cosine, linear)"),
+    ({"momentum": 0.0}, "invalid params: train.nesterov = True (Nesterov momentum needs train.momentum > 0)"),
+    ({"optimizer": "adamw"}, "invalid params: train.optimizer = 'adamw' (allowed: sgd, adam)"),
+    ({"adam_beta2": 1.0}, "invalid params: train.adam_beta2 = 1.0 (must be a number in [0.0, 1.0))"),
+    ({"pseudo_labels_from": "teacher"}, "invalid params: train.pseudo_labels_from = 'teacher' (allowed: model, ema)"),
 ])
 def test_invalid_variants_are_refused_in_one_line(params, changes, message):
     changed = copy.deepcopy(params)
     changed["train"].update(changes)
+    with pytest.raises(ParamsError) as error:
+        validate_params(changed)
+    assert str(error.value) == message
+
+
+@pytest.mark.parametrize("train_changes, speed, message", [
+    ({"optimizer": "adam"}, {"optimizer_impl": "fused"}, "invalid params: speed.optimizer_impl = 'fused' (selects "
+     "SGD's implementation; train.optimizer = adam has one implementation: use foreach)"),
+    ({"optimizer": "adam"}, {"compile": "step"}, "invalid params: train.optimizer = 'adam' (not supported with "
+     "speed.compile = step (use model or none))"),
+    ({"pseudo_labels_from": "ema"}, {"compile": "step"}, "invalid params: train.pseudo_labels_from = 'ema' (not "
+     "supported with speed.compile = step (use model or none))"),
+])
+def test_variants_with_speed_options_they_do_not_support_are_refused(params, train_changes, speed, message):
+    changed = copy.deepcopy(params)
+    changed["train"].update(train_changes)
+    changed["speed"].update(speed)
     with pytest.raises(ParamsError) as error:
         validate_params(changed)
     assert str(error.value) == message
@@ -109,3 +243,18 @@ def test_a_run_trains_with_the_variants_and_logs_the_linear_schedule(tmp_path):
     rows = (root / "out/curves/train/lr.tsv").read_text().splitlines()[1:]
     logged = {int(step): float(lr) for step, lr in (row.split("\t") for row in rows)}
     assert logged == pytest.approx({step: linear_lr(0.03, 0.01, step - 1, 8) for step in (2, 4, 6, 8)})
+
+
+@pytest.mark.parametrize("method, changes", [
+    ("fixmatch_cta", {"augment": {"strong_branch": "only_cutout"}}),
+    ("fixmatch_ra", {"augment": {"strong_branch": "no_cutout", "anchoring": "strong.weak"}}),
+    ("fixmatch_cta", {"train": {"pseudo_labels_from": "ema", "optimizer": "adam", "lr": 0.002}}),
+])
+def test_a_run_trains_with_the_augmentation_teacher_and_optimizer_variants(tmp_path, method, changes):
+    root, params = digits_workspace(tmp_path, {"steps": 6, "eval_every": 3, "log_every": 3, "checkpoint_every": 3,
+                                               "median_of_last": 2, "batch": 8, "uratio": 2})
+    for block, values in changes.items():
+        params[block].update(values)
+    metrics = train(params, Run("digits", 20, method, 1), root / "prepared/digits", root / "splits/digits_20-1.json",
+                    root / "out", progress=False)
+    assert metrics["steps"] == 6 and 0.0 <= metrics["error"] <= 100.0

@@ -62,11 +62,11 @@ def _with(params: dict, key: str, value) -> dict:
     ("folds", [], "invalid params: folds = [] (must not be empty)"),
     ("treshold", 0.9, "invalid params: treshold = 0.9 (not a known key; allowed: suite_name, threshold, train, augment, "
                       "speed, checkpoints, launcher, check, sources, datasets, methods, data, folds, cells, ssl_methods, "
-                      "da_cells, runs)"),
+                      "da_cells, ablations, runs)"),
     ("train.stesp", 1024, "invalid params: train.stesp = 1024 (not a known key; allowed: steps, batch, uratio, "
                           "unlabeled_weight, lr, momentum, nesterov, ema, eval_every, median_of_last, eval_batch, "
                           "log_every, checkpoint_every, seed, device, lr_schedule, lr_end, sharpen_temperature, "
-                          "soft_pseudo_labels)"),
+                          "soft_pseudo_labels, pseudo_labels_from, optimizer, adam_beta1, adam_beta2)"),
     ("train.steps", 1024.0, "invalid params: train.steps = 1024.0 (must be an integer in [1, inf))"),
     ("train.nesterov", "yes", "invalid params: train.nesterov = 'yes' (allowed: true, false)"),
     ("datasets.digits.network.padding", "same", "invalid params: datasets.digits.network.padding = 'same' "

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fixmatch_bench.report.ablation import error_keys, experiment_points, flatten, main, plot_threshold_ablation
+from fixmatch_bench.report.ablation import experiment_points, flatten, main, plot_ablation
 
 ENV = {**os.environ, "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
        "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
@@ -60,11 +60,10 @@ def exp_show(tmp_path_factory):
 def test_points_from_real_exp_show(exp_show):
     points = experiment_points(exp_show)
     # workspace (= the last experiment, kept once), the baseline commit, two experiments
-    assert sorted(point.value for point in points) == [0.5, 0.8, 0.95]
-    by_value = {point.value: point for point in points}
-    assert by_value[0.8].metrics["digits_20-fixmatch_ra"] == 6.0
-    assert by_value[0.5].metrics["mask_rate.digits_20-fixmatch_ra"] == 0.25
-    assert error_keys(points) == ["digits_20-fixmatch_ra", "digits_20-supervised"]
+    ra = {point.settings["threshold"]: point for point in points if point.series == "digits_20-fixmatch_ra"}
+    assert sorted(ra) == [0.5, 0.8, 0.95]
+    assert ra[0.8].error == 6.0 and ra[0.5].mask_rate == 0.25 and ra[0.5].label == "low"
+    assert list(dict.fromkeys(point.series for point in points)) == ["digits_20-fixmatch_ra", "digits_20-supervised"]
 
 
 def test_failed_and_foreign_rows_are_skipped():
@@ -75,8 +74,9 @@ def test_failed_and_foreign_rows_are_skipped():
     ], "data": {"params": {"params.yaml": {"data": {"train": {"threshold": 0.9}}}},
                 "metrics": {"reports/summary.json": {"data": {"a_1-m": 3.0}}}}}
     assert experiment_points([row]) == []  # the nested param is not `threshold`
-    points = experiment_points([row], param="train.threshold")
-    assert [(point.name, point.value, dict(point.metrics)) for point in points] == [("abc1234", 0.9, {"a_1-m": 3.0})]
+    points = experiment_points([row], params=["train.threshold"])
+    assert [(p.label, dict(p.settings), p.series, p.error) for p in points] == [
+        ("abc123456", {"train.threshold": 0.9}, "a_1-m", 3.0)]
 
 
 def test_flatten_uses_dotted_keys():
@@ -84,7 +84,7 @@ def test_flatten_uses_dotted_keys():
 
 
 def test_plot_and_cli(exp_show, tmp_path, capsys):
-    out = plot_threshold_ablation(experiment_points(exp_show), tmp_path / "threshold.png")
+    out = plot_ablation(experiment_points(exp_show), tmp_path / "threshold.png", "threshold")
     image = Image.open(out)
     assert image.size == (960, 360)  # error and mask-rate panels
     assert np.asarray(image.convert("RGB"), dtype=float).std() > 10
@@ -94,7 +94,7 @@ def test_plot_and_cli(exp_show, tmp_path, capsys):
                  "--metric", "digits_20-supervised"]) == 0
     assert Image.open(tmp_path / "cli.png").size == (480, 360)  # the supervised key has no mask rate
     assert main(["--exp-show-json", str(source), "--out", str(tmp_path / "x.png"), "--metric", "nope"]) == 2
-    assert "metric 'nope' is in no experiment" in capsys.readouterr().err
+    assert "no experiment in the input has the params threshold and the metrics nope" in capsys.readouterr().err
 
 
 def test_cli_reads_stdin(exp_show, tmp_path):

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from .core.config import ParamsError, Run, expected_runs, load_params
+from .core.config import ParamsError, Run, all_runs, load_params
 from .core.schema import Params
 from .core.stage import NO_TRAIN_ENV
 
@@ -168,7 +168,7 @@ def submit(repo: Path, root: Path, options: JobOptions) -> dict:
                        upstream_script, repo)
     changed = _changed_stages(repo)
     jobs, skipped = {}, []
-    for run in expected_runs(params):
+    for run in all_runs(params):
         if stage_of(run) not in changed:  # recorded in this workspace's dvc.lock, outputs present
             skipped.append(run.key)
             continue
@@ -213,7 +213,7 @@ def status(repo: Path, root: Path) -> list[dict]:
     params: Params = load_params(repo / "params.yaml")
     rows = [{"job": record["upstream"], "name": "upstream (download, prepare, split)",
              "state": _job_state(record["upstream"])}]
-    for run in expected_runs(params):
+    for run in all_runs(params):
         job = record["runs"].get(run.key)
         state = _job_state(job) if job else "DONE (up to date in this workspace, not resubmitted)"
         rows.append({"job": job or "-", "name": run.key, "state": state,

@@ -8,6 +8,7 @@ value and what is allowed, before any work starts.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -19,9 +20,13 @@ import yaml
 from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 
-from .schema import DatasetFacts, Params, RunTable
+from .schema import DatasetFacts, Params, RunTable, Scalar
 
 CELL_PATTERN = re.compile(r"^(?P<dataset>[a-z0-9]+)_(?P<labels>\d+)$")
+# What an ablation variant may change: what a run computes. The suite's structure
+# (cells, folds, ...) and how runs are executed or checked are not ablated.
+VARIANT_BLOCKS = ("threshold", "train", "augment", "speed", "datasets", "methods")
+WORD = re.compile(r"^[A-Za-z0-9_.]+$")
 
 
 class ParamsError(ValueError):
@@ -36,6 +41,7 @@ class Run:
     labels: int
     method: str
     fold: int
+    variant: tuple[tuple[str, Scalar], ...] = ()  # an ablation's changes to params, in the suite's order
 
     @property
     def cell(self) -> str:
@@ -48,8 +54,14 @@ class Run:
 
     @property
     def key(self) -> str:
-        """Stage key (``train@<key>``) and results folder name (``digits_20-fixmatch_ra-1``)."""
-        return f"{self.name}-{self.fold}"
+        """Stage key (``train@<key>``) and results folder name: ``digits_20-fixmatch_ra-1``, and for an
+        ablation variant its changes after it (``digits_20-fixmatch_cta-1+threshold=0.8``)."""
+        return f"{self.name}-{self.fold}" + "".join(f"+{key}={format_value(value)}" for key, value in self.variant)
+
+    @property
+    def base(self) -> Run:
+        """The run without its ablation variant."""
+        return Run(self.dataset, self.labels, self.method, self.fold)
 
 
 def _fail(key: str, value: Any, allowed: str) -> NoReturn:
@@ -146,6 +158,47 @@ def params_error(error: ValidationError, within: tuple[str, ...] = ()) -> Params
     return ParamsError(f"invalid params: {_dotted(first['loc'])} = {value!r} ({_explain(first)})")
 
 
+def format_value(value: Scalar) -> str:
+    """A variant value as it appears in a run key (JSON, strings bare): ``0.8``, ``true``, ``adam``."""
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def parse_value(text: str) -> Scalar:
+    """The inverse of :func:`format_value`."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        return text
+    return value if isinstance(value, (bool, int, float, type(None))) else text
+
+
+def with_variant(params: Params, variant: Mapping[str, Scalar] | tuple[tuple[str, Scalar], ...],
+                 where: str = "variant") -> Params:
+    """``params`` with an ablation variant's values in place, validated like params.yaml.
+
+    Each key is a dotted path to a value of :data:`VARIANT_BLOCKS` (``threshold``, ``train.lr``,
+    ``datasets.cifar10.weight_decay``); an error names ``where`` and the key.
+    """
+    data = params.model_dump()
+    for dotted, value in dict(variant).items():
+        node, parts = data, str(dotted).split(".")
+        for part in parts[:-1]:
+            node = node.get(part) if isinstance(node, dict) else None
+        if (parts[0] not in VARIANT_BLOCKS or not isinstance(node, dict) or parts[-1] not in node
+                or isinstance(node[parts[-1]], (dict, list))):
+            _fail(f"{where}: {dotted}", value, f"not a params value an ablation can change (one of "
+                                              f"{', '.join(VARIANT_BLOCKS)}, e.g. threshold, train.lr)")
+        if isinstance(value, str) and (not WORD.match(value) or parse_value(value) != value):
+            _fail(f"{where}: {dotted}", value, "a string variant value must be a word (letters, digits, _ and .)")
+        node[parts[-1]] = value
+    data.update(ablations={}, runs=None)
+    try:
+        return validate_params(data)
+    except ParamsError as error:
+        prefix = "invalid params: "
+        raise ParamsError(f"{prefix}{where}: {str(error).removeprefix(prefix)}") from None
+
+
 def parse_cell(cell: str, datasets: Mapping[str, DatasetFacts], key: str = "cells") -> tuple[str, int]:
     """Split ``cifar10_40`` into (``cifar10``, 40), checking it against the dataset table."""
     match = CELL_PATTERN.match(str(cell))
@@ -171,6 +224,8 @@ def validate_params(params: Mapping[str, Any] | Params) -> Params:
     train = typed.train
     if train.checkpoint_every % train.log_every:
         _fail("train.checkpoint_every", train.checkpoint_every, f"must be a multiple of train.log_every = {train.log_every}")
+    if train.nesterov and train.momentum == 0:
+        _fail("train.nesterov", True, "Nesterov momentum needs train.momentum > 0")
     if (train.lr_schedule == "linear") != (train.lr_end is not None):
         _fail("train.lr_end", train.lr_end, f"a number with lr_schedule: linear, null with {train.lr_schedule}")
     sharpening = train.sharpen_temperature != 1.0 or train.soft_pseudo_labels
@@ -178,6 +233,12 @@ def validate_params(params: Mapping[str, Any] | Params) -> Params:
         _fail("train.sharpen_temperature" if train.sharpen_temperature != 1.0 else "train.soft_pseudo_labels",
               train.sharpen_temperature if train.sharpen_temperature != 1.0 else True,
               f"the sharpening ablations are not defined with distribution alignment (da_cells = {typed.da_cells})")
+    if train.optimizer == "adam" and typed.speed.optimizer_impl != "foreach":
+        _fail("speed.optimizer_impl", typed.speed.optimizer_impl,
+              "selects SGD's implementation; train.optimizer = adam has one implementation: use foreach")
+    for name, value in (("train.optimizer", train.optimizer == "adam"), ("train.pseudo_labels_from", train.pseudo_labels_from == "ema")):
+        if value and typed.speed.compile == "step":
+            _fail(name, getattr(train, name.split(".")[1]), "not supported with speed.compile = step (use model or none)")
     if typed.speed.compile_augment and typed.augment.impl != "batched":
         _fail("speed.compile_augment", True, "needs augment.impl = batched (the reference ops are per-image PIL)")
     for dataset in typed.data:
@@ -193,6 +254,11 @@ def validate_params(params: Mapping[str, Any] | Params) -> Params:
         _choice(method, "ssl_methods", sorted(name for name, spec in typed.methods.items() if spec.unlabeled))
     for cell in typed.da_cells:
         _choice(cell, "da_cells", typed.cells)
+    for axis, variants in typed.ablations.items():
+        if not WORD.match(axis):
+            _fail("ablations", axis, "an axis name is a word (letters, digits, _)")
+        for index, variant in enumerate(variants):
+            with_variant(typed, variant, where=f"ablations.{axis}[{index}]")
     return typed
 
 
@@ -218,6 +284,20 @@ def expected_runs(params: Params) -> list[Run]:
     return runs
 
 
+def ablation_runs(params: Params) -> list[Run]:
+    """One run per ablation variant and semi-supervised run of the suite (``ssl_methods`` on every
+    cell and fold), in the order of ``ablations``; a variant listed under two axes runs once."""
+    runs = [Run(run.dataset, run.labels, run.method, run.fold, tuple(variant.items()))
+            for variants in params.ablations.values() for variant in variants
+            for run in expected_runs(params) if run.method in params.ssl_methods]
+    return list(dict.fromkeys(runs))
+
+
+def all_runs(params: Params) -> list[Run]:
+    """Every run the training stages train: the suite's runs, then its ablation variants."""
+    return expected_runs(params) + ablation_runs(params)
+
+
 def run_table(params: Params) -> dict:
     """The ``runs`` block of params.yaml that dvc.yaml's training stages iterate over.
 
@@ -230,18 +310,33 @@ def run_table(params: Params) -> dict:
     ``params`` must have passed :func:`validate_params`.
     """
     table: dict[str, dict[str, list]] = {"supervised": {}, "semi_supervised": {}}
-    for run in expected_runs(params):
+    for run in all_runs(params):
         group = "supervised" if run.method == "supervised" else "semi_supervised"
         table[group][run.key] = [run.dataset, run.method, f"{run.cell}-{run.fold}"]
     return table
 
 
 def parse_run(key: str, params: Params) -> Run:
-    """The run named ``key``, ``<cell>-<method>-<fold>`` (``digits_20-fixmatch_ra-1``): any cell of the
-    dataset table, any method of ``methods``, any fold, whether or not the suite lists it."""
-    parts = str(key).split("-")
+    """The run named ``key``, ``<cell>-<method>-<fold>`` (``digits_20-fixmatch_ra-1``) with an ablation's
+    ``+<params key>=<value>`` changes after it, if any: any cell of the dataset table, any method of
+    ``methods``, any fold, any valid changes, whether or not the suite lists it."""
+    base, *changes = str(key).split("+")
+    parts = base.split("-")
     if len(parts) != 3 or not parts[2].isdigit() or int(parts[2]) < 1:
-        _fail("run", key, "expected <cell>-<method>-<fold>, e.g. digits_20-fixmatch_ra-1")
+        _fail("run", key, "expected <cell>-<method>-<fold>[+<key>=<value>...], e.g. digits_20-fixmatch_ra-1")
     dataset, labels = parse_cell(parts[0], params.datasets, key="run")
     _choice(parts[1], f"run {key}: method", sorted(params.methods))
-    return Run(dataset, labels, parts[1], int(parts[2]))
+    variant = []
+    for change in changes:
+        name, equals, text = change.partition("=")
+        if not equals:
+            _fail("run", key, f"an ablation change is <params key>=<value>, got {change!r}")
+        variant.append((name, parse_value(text)))
+    run = Run(dataset, labels, parts[1], int(parts[2]), tuple(variant))
+    with_variant(params, run.variant, where=f"run {key}")
+    return run
+
+
+def run_params(params: Params, run: Run) -> Params:
+    """The params a run trains with: the suite's, with the run's ablation variant in place."""
+    return with_variant(params, run.variant, where=f"run {run.key}") if run.variant else params

@@ -46,6 +46,10 @@ class TrainParams(Block):
     lr_end: NonNegative | None
     sharpen_temperature: Positive
     soft_pseudo_labels: bool
+    pseudo_labels_from: Literal["model", "ema"]
+    optimizer: Literal["sgd", "adam"]
+    adam_beta1: Annotated[float, Field(ge=0.0, lt=1.0)]
+    adam_beta2: Annotated[float, Field(ge=0.0, lt=1.0)]
 
 
 class Network(Block):
@@ -87,6 +91,8 @@ class Method(Block):
 class AugmentParams(Block):
     impl: Literal["batched", "reference"]
     cta_translate_fix: bool
+    strong_branch: Literal["full", "no_cutout", "only_cutout"]
+    anchoring: Literal["weak.strong", "weak.weak", "strong.weak", "strong.strong"]
 
 
 class SpeedOptions(Block):
@@ -145,6 +151,12 @@ class SourcesParams(Block):
     backoff_s: Positive = 1.0
 
 
+# A swept value: what `dvc exp run -S key=value` could set.
+Scalar = bool | int | float | str | None
+# One ablation variant: dotted params keys (``train.lr``) and the values that replace the suite's.
+Variant = dict[str, Scalar]
+
+
 class RunTable(Block):
     """The runs the training stages iterate over: ``{key: [dataset, method, split]}`` per group."""
 
@@ -171,4 +183,6 @@ class Params(Block):
     cells: Annotated[list[str], Field(min_length=1)]
     ssl_methods: list[str]
     da_cells: list[str]
+    # Ablation axes swept on every cell × ssl_method × fold of the suite: {axis: [variant, ...]}.
+    ablations: dict[str, Annotated[list[Variant], Field(min_length=1)]] = {}
     runs: RunTable | None = None  # derived from the lists above when conf/ is composed

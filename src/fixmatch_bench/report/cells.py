@@ -32,14 +32,18 @@ class RunLike(Protocol):
     method: str
     fold: int
 
+    @property
+    def key(self) -> str:
+        """``digits_20-fixmatch_ra-1``, with an ablation variant's changes after it."""
+
 
 class ResultsError(ValueError):
     """A run's ``metrics.json`` is unreadable or belongs to another run."""
 
 
 def run_dir_name(run: RunLike) -> str:
-    """Results folder of a run: ``digits_20-fixmatch_ra-1``."""
-    return f"{run.dataset}_{run.labels}-{run.method}-{run.fold}"
+    """Results folder of a run: its key, ``digits_20-fixmatch_ra-1``."""
+    return run.key
 
 
 def cell_method_key(dataset: str, labels: int, method: str) -> str:

@@ -22,6 +22,7 @@ CONFIDENCES = ("verified", "secondary", "unconfirmed")
 _RESULT_FIELDS = {"dataset", "labels", "method", "mean", "std", "confidence", "sources", "note"}
 _REQUIRED_RESULT_FIELDS = _RESULT_FIELDS - {"note"}
 _NOT_RETRIEVED_FIELDS = {"method", "cells", "note"}
+_ABLATION_FIELDS = {"dataset", "labels", "method", "settings", "error", "confidence", "sources", "note"}
 
 
 class PublishedError(ValueError):
@@ -70,6 +71,25 @@ class PublishedResult:
 
 
 @dataclass(frozen=True)
+class PublishedAblation:
+    """One published ablation result: the error (%) of a run with ``settings`` changed from the
+    protocol (empty: the ablations' own baseline run)."""
+
+    dataset: str
+    labels: int
+    method: str
+    settings: Mapping[str, Any]
+    error: float
+    confidence: str
+    sources: tuple[str, ...]
+    note: str | None = None
+
+    @property
+    def cell(self) -> str:
+        return cell_id(self.dataset, self.labels)
+
+
+@dataclass(frozen=True)
 class Published:
     """All published results, looked up by (cell, method)."""
 
@@ -77,6 +97,7 @@ class Published:
     names: DisplayNames
     results: tuple[PublishedResult, ...]
     not_retrieved: Mapping[tuple[str, str], str]
+    ablations: tuple[PublishedAblation, ...] = ()
 
     def get(self, cell: str, method: str) -> PublishedResult | None:
         """The published result for ``cell`` (``cifar10_40``) and ``method``, if any."""
@@ -102,11 +123,11 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _parse_result(index: int, entry: Any, sources: Mapping[str, str]) -> PublishedResult:
-    where = f"results[{index}]"
+def _parse_result(index: int, entry: Any, sources: Mapping[str, str], section: str = "results") -> PublishedResult:
+    where = f"{section}[{index}]"
     if not isinstance(entry, dict):
         _fail(where, "(entry)", entry, "a mapping")
-    where = f"results[{index}] ({entry.get('dataset')}@{entry.get('labels')} {entry.get('method')})"
+    where = f"{section}[{index}] ({entry.get('dataset')}@{entry.get('labels')} {entry.get('method')})"
     unknown = set(entry) - _RESULT_FIELDS
     if unknown:
         _fail(where, sorted(unknown)[0], entry[sorted(unknown)[0]], f"only the fields {sorted(_RESULT_FIELDS)}")
@@ -136,6 +157,19 @@ def _parse_result(index: int, entry: Any, sources: Mapping[str, str]) -> Publish
         _fail(where, "sources", letters, "at least one source, or a note saying why there is none")
     return PublishedResult(entry["dataset"], labels, entry["method"], float(mean),
                            None if std is None else float(std), entry["confidence"], tuple(letters), note)
+
+
+def _parse_ablation(index: int, entry: Any, sources: Mapping[str, str]) -> PublishedAblation:
+    where = f"ablations[{index}]"
+    if not isinstance(entry, dict) or set(entry) - _ABLATION_FIELDS or not _ABLATION_FIELDS - {"note"} <= set(entry):
+        _fail(where, "(entry)", entry, f"a mapping with the fields {sorted(_ABLATION_FIELDS)} (note optional)")
+    result = _parse_result(index, {"mean": entry["error"], "std": None,
+                                   **{k: v for k, v in entry.items() if k not in ("settings", "error")}}, sources, "ablations")
+    settings = entry["settings"]
+    if not isinstance(settings, dict) or not all(isinstance(key, str) for key in settings):
+        _fail(where, "settings", settings, "a mapping of params keys (threshold, augment.strong_branch) to values")
+    return PublishedAblation(result.dataset, result.labels, result.method, settings, result.mean, result.confidence,
+                             result.sources, result.note)
 
 
 def _parse_not_retrieved(entries: Any) -> dict[tuple[str, str], str]:
@@ -189,7 +223,11 @@ def parse_published(data: Any) -> Published:
     for key in not_retrieved:
         if key in seen:
             _fail("not_retrieved", "cells", key, f"cells without a value (results[{seen[key]}] gives one)")
-    return Published(sources, display, results, not_retrieved)
+    ablations = data.get("ablations", [])
+    if not isinstance(ablations, list):
+        _fail("ablations", "(section)", ablations, "a list")
+    return Published(sources, display, results, not_retrieved,
+                     tuple(_parse_ablation(index, entry, sources) for index, entry in enumerate(ablations)))
 
 
 def load_published(path: str | Path) -> Published:

@@ -39,6 +39,7 @@ def fixmatch_loss(
     weak_no_grad: bool = False,
     temperature: float = 1.0,
     soft_targets: bool = False,
+    teacher: nn.Module | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Return the loss to minimise and detached tensors to log.
 
@@ -48,6 +49,10 @@ def fixmatch_loss(
     change. With ``soft_targets`` (ab_fixmatch_sharpen_conditional_consistency.py): the mask
     comes from the unsharpened distribution and the strong view is trained towards the
     sharpened distribution itself (soft cross-entropy).
+
+    ``teacher`` (the mean-teacher ablation, ablation/ab_fixmatch_meanteacher.py): the pseudo-labels
+    and the mask come from ``teacher(batch.weak)`` (the EMA model, in eval mode) instead of the
+    training pass; the weak view still goes through that pass, so BatchNorm sees the same images.
 
     ``align`` maps the weak-view class probabilities to the distribution the
     pseudo-label and the mask are taken from (distribution alignment); the
@@ -69,6 +74,9 @@ def fixmatch_loss(
     else:
         logits = model(torch.cat([batch.labeled, batch.weak, batch.strong]))
         logits_x, logits_weak, logits_strong = logits.split([n_x, n_u, n_u])
+    if teacher is not None:
+        with torch.no_grad():
+            logits_weak = teacher(batch.weak)
     loss_x = F.cross_entropy(logits_x, batch.targets)
 
     weak_probs = torch.softmax(logits_weak.detach().float(), dim=1)

@@ -28,6 +28,45 @@ def make_optimizer(model: nn.Module, lr: float, momentum: float, nesterov: bool,
                            nesterov=nesterov, dampening=0.0, **impl)
 
 
+class TFAdam(torch.optim.Optimizer):
+    """TensorFlow 1's ``tf.train.AdamOptimizer``, as ablation/ab_fixmatch_adam.py uses it (``train.optimizer: adam``).
+
+    With g the gradient plus ``weight_decay * w`` (the script's L2 term in the loss, kernels only):
+    ``m = b1 m + (1 - b1) g``, ``v = b2 v + (1 - b2) g^2``,
+    ``w -= lr * sqrt(1 - b2^t) / (1 - b1^t) * m / (sqrt(v) + eps)``. Unlike ``torch.optim.Adam``, eps is
+    added to the uncorrected sqrt(v). eps is TF's default 1e-8, and 1e-4 when b2 = 0, as in the script.
+    """
+
+    def __init__(self, params: list[dict], lr: float, beta1: float, beta2: float) -> None:
+        super().__init__(params, {"lr": lr, "beta1": beta1, "beta2": beta2, "eps": 1e-4 if beta2 == 0 else 1e-8,
+                                  "weight_decay": 0.0})
+
+    @torch.no_grad()
+    def step(self, closure: None = None) -> None:
+        for group in self.param_groups:
+            beta1, beta2, eps, decay = group["beta1"], group["beta2"], group["eps"], group["weight_decay"]
+            for parameter in group["params"]:
+                if parameter.grad is None:
+                    continue
+                gradient = parameter.grad.add(parameter, alpha=decay) if decay else parameter.grad
+                state = self.state[parameter]
+                if not state:
+                    state.update(step=0, m=torch.zeros_like(parameter), v=torch.zeros_like(parameter))
+                state["step"] += 1
+                state["m"].mul_(beta1).add_(gradient, alpha=1 - beta1)
+                state["v"].mul_(beta2).addcmul_(gradient, gradient, value=1 - beta2)
+                scale = math.sqrt(1 - beta2 ** state["step"]) / (1 - beta1 ** state["step"])
+                parameter.addcdiv_(state["m"], state["v"].sqrt().add_(eps), value=-group["lr"] * scale)
+
+
+def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float, *, momentum: float,
+                    nesterov: bool, beta1: float, beta2: float, **impl: bool) -> torch.optim.Optimizer:
+    """``train.optimizer``: ``sgd`` (the protocol, :func:`make_optimizer`) or ``adam`` (:class:`TFAdam`)."""
+    if name == "adam":
+        return TFAdam(weight_decay_groups(model, weight_decay), lr, beta1, beta2)
+    return make_optimizer(model, lr, momentum, nesterov, weight_decay, **impl)
+
+
 def set_lr(optimizer: torch.optim.Optimizer, lr: float, as_tensor: bool = False) -> None:
     """Set every group's learning rate.
 

@@ -22,7 +22,7 @@ from .distributed import World
 from .distribution_alignment import DistributionAlignment
 from .ema import ModelEMA
 from .fixmatch import fixmatch_loss
-from .optim import make_optimizer
+from .optim import build_optimizer
 from .run_data import RunData
 from .sampling import IndexStream
 from .speed import StepFunctions, fast_forward, prepare_model, set_float32_precision
@@ -87,12 +87,10 @@ def build_state(params: Params, run: Run, data: RunData, device: torch.device, w
     model = WideResNet(num_classes=facts.num_classes, in_channels=facts.channels, **facts.network.kwargs()).to(device)
     prepare_model(model, speed)
     ema = ModelEMA(model, hp.ema)
-    optimizer = make_optimizer(model, hp.lr, hp.momentum, hp.nesterov, facts.weight_decay, **speed.optimizer_kwargs())
-    options = ({"cta_translate_fix": params.augment.cta_translate_fix} if method.strong == "ctaugment" else
-               {"ra_translate_scale": facts.ra_translate_scale} if method.strong == "randaugment" else {})
-    augmenter = make_augmenter(strong=method.strong, impl=params.augment.impl, flip=facts.flip,
-                               translate=facts.translate,
-                               cutout=facts.cta_cutout if method.strong == "ctaugment" else facts.ra_cutout, **options)
+    optimizer = build_optimizer(model, hp.optimizer, hp.lr, facts.weight_decay, momentum=hp.momentum,
+                                nesterov=hp.nesterov, beta1=hp.adam_beta1, beta2=hp.adam_beta2,
+                                **speed.optimizer_kwargs())
+    augmenter = _augmenter(params, run)
     if speed.compile_augment:
         augmenter.compile()
     sample_generator = torch.Generator(device=device).manual_seed(seed)
@@ -109,6 +107,16 @@ def build_state(params: Params, run: Run, data: RunData, device: torch.device, w
         ema_forward=fast_forward(ema.module, speed),
         functions=StepFunctions.build(fixmatch_loss, optimizer, ema.update, speed),
     )
+
+
+def _augmenter(params: Params, run: Run) -> Augmenter:
+    """The run's weak and strong views, with ``augment.strong_branch`` (the official cutout ablations)."""
+    facts, method = params.datasets[run.dataset], params.methods[run.method]
+    options = ({"cta_translate_fix": params.augment.cta_translate_fix} if method.strong == "ctaugment" else
+               {"ra_translate_scale": facts.ra_translate_scale} if method.strong == "randaugment" else {})
+    return make_augmenter(strong=method.strong, impl=params.augment.impl, flip=facts.flip, translate=facts.translate,
+                          cutout=facts.cta_cutout if method.strong == "ctaugment" else facts.ra_cutout,
+                          strong_branch=params.augment.strong_branch if method.unlabeled else "full", **options)
 
 
 def _global_rng_states() -> dict:

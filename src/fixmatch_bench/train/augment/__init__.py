@@ -31,6 +31,7 @@ from .primitives import Fill, cutout_step
 from .weak import check_translate, sample_weak
 
 STRONG_KINDS = ("randaugment", "ctaugment", "none")
+STRONG_BRANCHES = ("full", "no_cutout", "only_cutout")
 ALL = slice(None)  # the default share: the whole batch
 IMPLS = ("batched", "reference")
 
@@ -122,7 +123,11 @@ class Augmenter:
 
 
 class NoStrongAugmenter(Augmenter):
-    """``strong="none"``: the strong view is an independent weak view (+ cutout if > 0)."""
+    """``strong="none"``: the strong view is an independent weak view (+ cutout if > 0, filled with ``fill``)."""
+
+    def __init__(self, *args: Any, fill: Fill = randaugment.RA_FILL) -> None:
+        super().__init__(*args)
+        self.fill = fill
 
     def _strong_steps(self, n: int, height: int, width: int, generator: torch.Generator) -> tuple[Tensor, Tensor, Fill]:
         device = generator.device
@@ -131,7 +136,7 @@ class NoStrongAugmenter(Augmenter):
         else:
             ops = torch.zeros((n, 0), dtype=torch.int64, device=device)
             args = torch.zeros((n, 0, 3), dtype=torch.float64, device=device)
-        return ops, args, randaugment.RA_FILL
+        return ops, args, self.fill
 
 
 class RandAugmenter(Augmenter):
@@ -211,6 +216,7 @@ def make_augmenter(
     cta_threshold: float = 0.8,
     cta_translate_fix: bool = False,
     ra_translate_scale: float = 1.0,
+    strong_branch: str = "full",
 ) -> Augmenter:
     """Build the augmenter the training loop calls.
 
@@ -227,9 +233,17 @@ def make_augmenter(
     ra_translate_scale: 1.0 (official) translates RandAugment by ``level`` px
         (1..9) at any image size; a smaller factor scales that down for small
         images (the quick suite's 16-px digits use 0.5).
+    strong_branch: the official cutout ablations. ``full`` (the protocol); ``no_cutout``: the
+        policy without its cutout (ablation/ab_fixmatch_nocutout.py); ``only_cutout``: no policy,
+        an independent weak view and the policy's cutout with its fill
+        (ab_fixmatch_onlycutout.py), which is what ``strong="none"`` builds.
     """
     if strong not in STRONG_KINDS:
         raise ValueError(f"strong must be one of {STRONG_KINDS}, got {strong!r}")
+    if strong_branch not in STRONG_BRANCHES:
+        raise ValueError(f"strong_branch must be one of {STRONG_BRANCHES}, got {strong_branch!r}")
+    if strong_branch == "no_cutout":
+        cutout = 0
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
     if not isinstance(flip, bool):
@@ -240,6 +254,9 @@ def make_augmenter(
         raise ValueError(f"cutout must be an int >= 0 (0 disables it), got {cutout!r}")
     if strong != "ctaugment" and (cta_depth, cta_decay, cta_threshold, cta_translate_fix) != (2, 0.99, 0.8, False):
         raise ValueError(f"cta_* options only apply to strong='ctaugment', got strong={strong!r}")
+    if strong_branch == "only_cutout" and strong != "none":
+        fill = CTA_FILL if strong == "ctaugment" else randaugment.RA_FILL
+        return NoStrongAugmenter("none", impl, flip, translate, cutout, fill=fill)
     if strong == "ctaugment":
         cta = CTAugment(cta_depth, cta_decay, cta_threshold, cta_translate_fix)
         return CTAugmenter(strong, impl, flip, translate, cutout, cta=cta)
