@@ -26,7 +26,8 @@ CELL_PATTERN = re.compile(r"^(?P<dataset>[a-z0-9]+)_(?P<labels>\d+)$")
 # What an ablation variant may change: what a run computes. The suite's structure
 # (cells, folds, ...) and how runs are executed or checked are not ablated.
 VARIANT_BLOCKS = ("threshold", "train", "augment", "speed", "datasets", "methods")
-WORD = re.compile(r"^[A-Za-z0-9_.]+$")
+WORD = re.compile(r"^[A-Za-z0-9_.]+$")  # a string value in a run key
+AXIS = re.compile(r"^[A-Za-z0-9_]+$")  # an axis name, also its figure's file name
 
 
 class ParamsError(ValueError):
@@ -57,11 +58,6 @@ class Run:
         """Stage key (``train@<key>``) and results folder name: ``digits_20-fixmatch_ra-1``, and for an
         ablation variant its changes after it (``digits_20-fixmatch_cta-1+threshold=0.8``)."""
         return f"{self.name}-{self.fold}" + "".join(f"+{key}={format_value(value)}" for key, value in self.variant)
-
-    @property
-    def base(self) -> Run:
-        """The run without its ablation variant."""
-        return Run(self.dataset, self.labels, self.method, self.fold)
 
 
 def _fail(key: str, value: Any, allowed: str) -> NoReturn:
@@ -236,9 +232,10 @@ def validate_params(params: Mapping[str, Any] | Params) -> Params:
     if train.optimizer == "adam" and typed.speed.optimizer_impl != "foreach":
         _fail("speed.optimizer_impl", typed.speed.optimizer_impl,
               "selects SGD's implementation; train.optimizer = adam has one implementation: use foreach")
-    for name, value in (("train.optimizer", train.optimizer == "adam"), ("train.pseudo_labels_from", train.pseudo_labels_from == "ema")):
-        if value and typed.speed.compile == "step":
-            _fail(name, getattr(train, name.split(".")[1]), "not supported with speed.compile = step (use model or none)")
+    uncompiled = (("optimizer", train.optimizer, "adam"), ("pseudo_labels_from", train.pseudo_labels_from, "ema"))
+    for name, value, variant in uncompiled:
+        if value == variant and typed.speed.compile == "step":
+            _fail(f"train.{name}", value, "not supported with speed.compile = step (use model or none)")
     if typed.speed.compile_augment and typed.augment.impl != "batched":
         _fail("speed.compile_augment", True, "needs augment.impl = batched (the reference ops are per-image PIL)")
     for dataset in typed.data:
@@ -255,7 +252,7 @@ def validate_params(params: Mapping[str, Any] | Params) -> Params:
     for cell in typed.da_cells:
         _choice(cell, "da_cells", typed.cells)
     for axis, variants in typed.ablations.items():
-        if not WORD.match(axis):
+        if not AXIS.match(axis):
             _fail("ablations", axis, "an axis name is a word (letters, digits, _)")
         for index, variant in enumerate(variants):
             with_variant(typed, variant, where=f"ablations.{axis}[{index}]")

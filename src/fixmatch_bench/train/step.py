@@ -73,9 +73,9 @@ class Drawn:
 def draw_batch(state: TrainState, data: RunData, hp: StepParams) -> Drawn:
     """The next global batch, drawn the same on every rank, with this rank's share augmented.
 
-    The unlabeled images give two views, each from its own weak draw: ``batch.weak`` (the pseudo-label
-    view) and ``batch.strong`` (the trained view), weak and strong under FixMatch's
-    ``augment.anchoring`` (weak.strong), each one's own under the anchoring ablation.
+    The unlabeled images give two views, each from its own weak draw: ``batch.weak`` is the
+    pseudo-label view and ``batch.strong`` the trained view. In FixMatch they are a weak and a
+    strong view; under the anchoring ablation, whichever ``augment.anchoring`` names.
     """
     labeled_index = state.labeled_stream.next()
     labeled = state.augmenter.weak(data.labeled_images[labeled_index], state.augment_generator)
