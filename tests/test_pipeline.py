@@ -99,3 +99,21 @@ def test_a_regressed_experiment_is_kept_with_its_failing_verdict(mini_repo):
     verdicts = [experiment["data"]["metrics"]["reports/check.json"]["data"]["check"]["fail"]
                 for commit in shown for group in commit.get("experiments") or [] for experiment in group["revs"]]
     assert 1 in verdicts  # saved, in dvc exp show, with its failing count
+
+
+def test_an_ablation_variant_is_its_own_stage_and_computes_what_the_changed_param_computes(mini_repo):
+    """`ablations` adds one stage per variant, named after its changes: the variant trains exactly
+    what an experiment with that param changed trains, and aggregate draws the axis."""
+    dvc(mini_repo, "exp", "run", "-S", "threshold=0.5")
+    changed = json.loads((mini_repo / "results/digits_20-fixmatch_ra-1/metrics.json").read_text())
+    done = dvc(mini_repo, "exp", "run", "-S", "ablations={threshold: [{threshold: 0.5}, {threshold: 0.8}]}")
+    ran = {line.split("'")[1] for line in done.stdout.splitlines() if line.startswith("Running stage")}
+    assert {"train@digits_20-fixmatch_ra-1+threshold=0.5", "train@digits_20-fixmatch_ra-1+threshold=0.8"} <= ran
+    assert "train@digits_20-fixmatch_ra-1" not in ran  # the protocol's run comes back from the run-cache
+    variant = json.loads((mini_repo / "results/digits_20-fixmatch_ra-1+threshold=0.5/metrics.json").read_text())
+    timings = {"wall_time_s", "steps_per_s"}
+    assert {k: v for k, v in variant.items() if k not in timings} == {k: v for k, v in changed.items() if k not in timings}
+    table = (mini_repo / "reports/ablation/ablation.md").read_text()
+    assert f"| threshold=0.5 | {variant['error']:.2f} (1/1)" in table and "| protocol |" in table
+    assert Image.open(mini_repo / "reports/ablation/threshold.png").size == (960, 360)
+    assert "Data and pipelines are up to date." in dvc(mini_repo, "status").stdout

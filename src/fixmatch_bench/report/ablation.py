@@ -295,8 +295,9 @@ def write_suite_ablations(params: Params, results_dir: str | Path, published: Pu
         if any(p.error is not None for p in points):
             written.append(plot_ablation(points, out / f"{axis}.png", axis, published.ablations))
             lines += [f"![{axis}]({axis}.png)", ""]
-    lines += ["Error: % test error of the EMA model (median of the last evaluations), mean over the folds that "
-              "finished (done/expected); published values with their sources' keys in reports/published.yaml."]
+    if params.ablations:
+        lines += ["Error: % test error of the EMA model (median of the last evaluations), mean over the folds that "
+                  "finished (done/expected); published values with their sources' keys in reports/published.yaml."]
     (out / "ablation.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     return written
 
