@@ -1,11 +1,12 @@
-"""DVC stage `check`: the verdict on the suite's table against its reference.
+"""DVC stage `check`: the verdict on the suite's table against its reference (check.reference).
 
-Paper suite: every cell against the published number, within
-max(check.std_factor x published std, check.floor). Quick suite: every cell
-against the committed baseline reports/baseline/quick.json, within the cell's
-tolerance derived from the measured spread (written only by `make baseline`),
-and each semi-supervised method at the smallest label count must reach at most
-check.max_ratio_to_supervised of the supervised-only error.
+published (the paper suites): every cell against the published number, within
+max(check.std_factor x published std, check.floor). baseline (the quick suite): every
+cell against the committed baseline reports/baseline/<suite>.json, within the cell's
+tolerance derived from the measured spread (written only by `make baseline`). none:
+every cell is unchecked. Unless check.max_ratio_to_supervised is null, each
+semi-supervised method at the smallest label count must also reach at most that
+fraction of the supervised-only error.
 Cells with fewer finished folds than the params ask for are incomplete, not passed.
 
 The stage records the verdict (reports/check.txt, and reports/check.json as DVC
@@ -47,14 +48,18 @@ def main() -> int:
     check = params.check
     cells = aggregate_cells(collect_runs(expected_runs(params), args.results))
     tolerance = Tolerance(check.std_factor, check.floor)
-    if params.suite_name == "paper":
-        results = check_against_reference(cells, paper_references(load_published(args.published)), tolerance)
-    else:
+    if check.reference == "published":
+        references = paper_references(load_published(args.published))
+    elif check.reference == "baseline":
         baseline = args.baselines / f"{params.suite_name}.json"
         if not baseline.exists():
             raise FileNotFoundError(f"no baseline {baseline} for suite {params.suite_name!r}; "
                                     "create it with `make baseline` (after `dvc repro` has prepared the data)")
-        results = check_against_reference(cells, baseline_references(load_baseline(baseline)), tolerance)
+        references = baseline_references(load_baseline(baseline))
+    else:
+        references = {}
+    results = check_against_reference(cells, references, tolerance)
+    if check.max_ratio_to_supervised is not None:
         results += check_ratio_to_supervised(cells, check.max_ratio_to_supervised)
     text, code = report(results)
     args.out.write_text(text + "\n")

@@ -10,7 +10,7 @@ import sys
 import pytest
 from PIL import Image
 
-from fixmatch_bench.compose import compose_params
+from fixmatch_bench.compose import compose_params, write_params
 from fixmatch_bench.core.config import (ParamsError, Run, ablation_runs, parse_run, run_params, run_table,
                                         validate_params, with_variant)
 from fixmatch_bench.report.ablation import AblationPoint, plot_ablation, suite_points, write_suite_ablations
@@ -154,3 +154,17 @@ def test_one_plotting_function_draws_lines_for_numeric_params_and_bars_otherwise
 def test_nothing_finished_is_an_error_naming_the_axis(tmp_path):
     with pytest.raises(ValueError, match="threshold: no finished run or experiment to plot"):
         plot_ablation([_point(None, threshold=0.5)], tmp_path / "x.png", "threshold")
+
+
+def test_the_quick_ablation_suite_is_checked_by_the_supervised_ratio_alone(tmp_path):
+    """No baseline is measured for its one fold (check.reference: none): its cells are unchecked, and
+    FixMatch must still reach a third of the supervised error."""
+    write_params(tmp_path / "params.yaml", ["suite=quick_ablation"], REPO / "conf")
+    _write_metrics(tmp_path / "results", Run("digits", 20, "supervised", 1), 31.0, 0.0)
+    _write_metrics(tmp_path / "results", Run("digits", 20, "fixmatch_cta", 1), 8.8, 0.9)
+    done = subprocess.run([sys.executable, "pipeline/check.py", "--strict", "--params", tmp_path / "params.yaml",
+                           "--results", tmp_path / "results", "--out", tmp_path / "check.txt",
+                           "--metrics", tmp_path / "check.json"], cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == ("1 pass, 0 fail, 0 incomplete, 2 unchecked "
+                           "(no reference: digits_20-supervised, digits_20-fixmatch_cta)\n")

@@ -137,9 +137,10 @@ class CheckpointParams(Block):
 
 
 class CheckParams(Block):
+    reference: Literal["published", "baseline", "none"]
     std_factor: NonNegative
     floor: NonNegative
-    max_ratio_to_supervised: Positive
+    max_ratio_to_supervised: Positive | None
 
 
 class SourcesParams(Block):
