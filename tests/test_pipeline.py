@@ -106,7 +106,7 @@ def test_an_ablation_variant_is_its_own_stage_and_computes_what_the_changed_para
     what an experiment with that param changed trains, and aggregate draws the axis."""
     dvc(mini_repo, "exp", "run", "-S", "threshold=0.5")
     changed = json.loads((mini_repo / "results/digits_20-fixmatch_ra-1/metrics.json").read_text())
-    done = dvc(mini_repo, "exp", "run", "-S", "ablations={threshold: [{threshold: 0.5}, {threshold: 0.8}]}")
+    done = dvc(mini_repo, "exp", "run", "-S", "+ablations.threshold=[{threshold: 0.5}, {threshold: 0.8}]")
     ran = {line.split("'")[1] for line in done.stdout.splitlines() if line.startswith("Running stage")}
     assert {"train@digits_20-fixmatch_ra-1+threshold=0.5", "train@digits_20-fixmatch_ra-1+threshold=0.8"} <= ran
     assert "train@digits_20-fixmatch_ra-1" not in ran  # the protocol's run comes back from the run-cache
