@@ -247,7 +247,7 @@ def plot_ablation(points: Sequence[AblationPoint], out: str | Path, title: str,
             shown = False
             for entry in published:
                 for p in points:
-                    if p.changes == entry.settings and p.series == f"{entry.cell}-{entry.method}" and id(p) in positions:
+                    if p.changes == entry.settings and p.series == entry.series and id(p) in positions:
                         axes.scatter([positions[id(p)]], [entry.error], marker="D", facecolors="none",
                                      edgecolors="black", s=50, zorder=4, label=None if shown else "published")
                         shown = True
@@ -283,12 +283,12 @@ def write_suite_ablations(params: Params, results_dir: str | Path, published: Pu
             cells = []
             for p in (p for p in points if p.label == label):
                 reference = next((e for e in published.ablations if e.settings == p.changes
-                                  and f"{e.cell}-{e.method}" == p.series), None)
+                                  and e.series == p.series), None)
                 text = "not run yet" if p.error is None else f"{p.error:.2f} ({p.folds[0]}/{p.folds[1]})"
                 if p.mask_rate is not None:
                     text += f", mask {p.mask_rate:.2f}"
                 if reference is not None:
-                    text += f"; published {reference.error:.2f} [{', '.join(reference.sources)}]"
+                    text += f"; published {reference.error:.2f} [{', '.join(reference.result.sources)}]"
                 cells.append(text)
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
         lines.append("")

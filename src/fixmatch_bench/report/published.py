@@ -72,21 +72,20 @@ class PublishedResult:
 
 @dataclass(frozen=True)
 class PublishedAblation:
-    """One published ablation result: the error (%) of a run with ``settings`` changed from the
-    protocol (empty: the ablations' own baseline run)."""
+    """One published ablation result: a run with ``settings`` changed from the protocol (empty: the
+    ablations' own baseline run); ``result.mean`` is its error (%), with no std."""
 
-    dataset: str
-    labels: int
-    method: str
     settings: Mapping[str, Any]
-    error: float
-    confidence: str
-    sources: tuple[str, ...]
-    note: str | None = None
+    result: PublishedResult
 
     @property
-    def cell(self) -> str:
-        return cell_id(self.dataset, self.labels)
+    def series(self) -> str:
+        """``cifar10_250-fixmatch_cta``: the cell × method it belongs to."""
+        return f"{self.result.cell}-{self.result.method}"
+
+    @property
+    def error(self) -> float:
+        return self.result.mean
 
 
 @dataclass(frozen=True)
@@ -168,8 +167,7 @@ def _parse_ablation(index: int, entry: Any, sources: Mapping[str, str]) -> Publi
     settings = entry["settings"]
     if not isinstance(settings, dict) or not all(isinstance(key, str) for key in settings):
         _fail(where, "settings", settings, "a mapping of params keys (threshold, augment.strong_branch) to values")
-    return PublishedAblation(result.dataset, result.labels, result.method, settings, result.mean, result.confidence,
-                             result.sources, result.note)
+    return PublishedAblation(settings, result)
 
 
 def _parse_not_retrieved(entries: Any) -> dict[tuple[str, str], str]:
