@@ -106,6 +106,24 @@ def test_adam_is_tensorflows_with_l2_in_the_gradient_and_eps_on_the_uncorrected_
     assert TFAdam([weight], lr, b1, 0.0).defaults["eps"] == 1e-4  # the script's epsilon when beta2 = 0
 
 
+@pytest.mark.parametrize("momentum, nesterov", [(0.9, True), (0.9, False), (0.5, True), (0.0, False)])
+def test_momentum_and_nesterov_follow_tensorflows_momentum_optimizer(momentum, nesterov):
+    """ab_fixmatch_momentum.py: tf.train.MomentumOptimizer(lr, momentum, use_nesterov) on loss + wd * ||w||^2 / 2:
+    accum = momentum * accum + g; w -= lr * (g + momentum * accum) with Nesterov, lr * accum without."""
+    lr, wd, gradients = 0.03, 0.1, [0.2, -0.05, 0.3]
+    model = nn.Linear(1, 1, bias=False).double()
+    model.weight.data.fill_(1.0)
+    optimizer = build_optimizer(model, "sgd", lr, wd, momentum=momentum, nesterov=nesterov, beta1=0.9, beta2=0.999)
+    w, accum = 1.0, 0.0
+    for g in gradients:
+        model.weight.grad = torch.full_like(model.weight, g)
+        optimizer.step()
+        g = g + wd * w
+        accum = momentum * accum + g
+        w -= lr * (g + momentum * accum if nesterov else accum)
+        assert float(model.weight.detach()) == pytest.approx(w, abs=1e-15)
+
+
 def test_the_optimizer_param_builds_adam_with_the_scripts_betas_and_decays_kernels_only():
     model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2))
     adam = build_optimizer(model, "adam", 0.002, 5e-4, momentum=0.9, nesterov=True, beta1=0.8, beta2=0.99)
