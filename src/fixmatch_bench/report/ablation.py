@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from fixmatch_bench.core.config import Run, expected_runs, with_variant
+from fixmatch_bench.core.config import Run, expected_runs, format_value, with_variant
 from fixmatch_bench.core.schema import Params
 from fixmatch_bench.report.cells import load_run
 from fixmatch_bench.report.plots import DPI, PANEL_INCHES, save_figure
@@ -88,9 +88,9 @@ def suite_points(params: Params, axis: str, results_dir: str | Path) -> list[Abl
     for changes in [{}, *variants]:
         values = (with_variant(params, changes, where=f"ablations.{axis}") if changes else params).model_dump()
         settings = {key: _value(values, key) for key in keys}
-        for series in dict.fromkeys(f"{run.cell}-{run.method}" for run in bases):
+        for series in dict.fromkeys(run.name for run in bases):
             runs = [Run(run.dataset, run.labels, run.method, run.fold, tuple(changes.items()))
-                    for run in bases if f"{run.cell}-{run.method}" == series]
+                    for run in bases if run.name == series]
             results = [result for result in (load_run(run, results_dir) for run in runs) if result is not None]
             masks = [result.mask_rate for result in results if result.mask_rate is not None]
             points.append(AblationPoint(
@@ -102,11 +102,7 @@ def suite_points(params: Params, axis: str, results_dir: str | Path) -> list[Abl
 
 def describe(changes: Mapping[str, Any]) -> str:
     """``threshold=0.8, optimizer=adam`` (the last part of each key), or ``protocol``."""
-    return ", ".join(f"{key.rsplit('.', 1)[-1]}={_text(value)}" for key, value in changes.items()) or PROTOCOL
-
-
-def _text(value: Any) -> str:
-    return value if isinstance(value, str) else json.dumps(value)
+    return ", ".join(f"{key.rsplit('.', 1)[-1]}={format_value(value)}" for key, value in changes.items()) or PROTOCOL
 
 
 # ------------------------------------------------------------ points from experiments
@@ -233,7 +229,7 @@ def plot_ablation(points: Sequence[AblationPoint], out: str | Path, title: str,
                               key=lambda p: p.settings[layout.x])
                 for p in line:
                     positions[id(p)] = p.settings[layout.x]
-                suffix = f", {layout.group.rsplit('.', 1)[-1]}={_text(group)}" if layout.group else ""
+                suffix = f", {layout.group.rsplit('.', 1)[-1]}={format_value(group)}" if layout.group else ""
                 axes.plot([p.settings[layout.x] for p in line], [values[id(p)] for p in line], color=color,
                           marker="os^vD<>"[number % 7], label=f"{name}{suffix}")
             for p in mine:
