@@ -56,7 +56,9 @@ def _wait_for_a_checkpoint(checkpoints: Path, run: str) -> None:
 
 
 def _trainers(run: str) -> list[str]:
-    return subprocess.run(["pgrep", "-f", f"pipeline/train.py {run}"], capture_output=True, text=True).stdout.split()
+    """PIDs of the Python processes training ``run``; not a ``/bin/sh -c`` that DVC may keep above one."""
+    pattern = f"^[^ ]*python[^ ]* pipeline/train.py {run}"
+    return subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout.split()
 
 
 def _wait_for_a_checkpoint_after(checkpoints: Path, run: str, since: float) -> None:
