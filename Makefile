@@ -10,7 +10,7 @@ quick: install  ## install everything, run the DVC pipeline (quick suite), fail 
 	$(UV) run python pipeline/check.py --strict
 
 test: install  ## run the test suite
-	$(UV) run pytest -q
+	$(UV) run pytest -q --durations=20  # the 20 slowest tests, to keep `make test` under 10 minutes
 
 install: uv  ## the locked environment (uv.lock) in .venv
 	$(UV) sync --frozen --compile-bytecode  # .pyc up front: each stage starts a fresh python (PYTHONDONTWRITEBYTECODE may be set)
