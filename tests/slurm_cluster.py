@@ -85,12 +85,13 @@ def start_cluster(folder: Path) -> Cluster:
         f"SlurmctldPort={_free_port()}", f"SlurmdPort={_free_port()}",
         "AuthType=auth/munge",
         # cred_expire: how long a requeued job waits before it starts again (default 120 s)
-        f"AuthInfo=socket={socket_path},cred_expire=10", "CredType=cred/munge",
+        f"AuthInfo=socket={socket_path},cred_expire=5", "CredType=cred/munge",
         f"StateSaveLocation={folder / 'state'}", f"SlurmdSpoolDir={folder / 'spool'}",
         f"SlurmctldPidFile={folder / 'slurmctld.pid'}", f"SlurmdPidFile={folder / 'slurmd.pid'}",
         f"SlurmctldLogFile={folder / 'log' / 'slurmctld.log'}", f"SlurmdLogFile={folder / 'log' / 'slurmd.log'}",
         "ProctrackType=proctrack/linuxproc", "TaskPlugin=task/none", "JobAcctGatherType=jobacct_gather/none",
-        "SchedulerType=sched/backfill", "SelectType=select/cons_tres", "SelectTypeParameters=CR_CPU",
+        "SchedulerType=sched/backfill", "SchedulerParameters=bf_interval=1,sched_interval=1",  # schedule every second, not every 30-60 s
+        "SelectType=select/cons_tres", "SelectTypeParameters=CR_CPU",
         "MpiDefault=none", "ReturnToService=2", "JobRequeue=1", "MinJobAge=3600",
         f"NodeName={host} CPUs={os.cpu_count()} State=UNKNOWN",
         "PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP", ""]))

@@ -45,7 +45,8 @@ def test_returning_to_a_parameter_set_restores_every_run_from_the_run_cache(mini
     assert (repo / "models/digits_20-fixmatch_ra-1.pt").stat().st_size > 0  # the EMA weights came back too
 
 
-LONGER_SUITE = (MINI_SUITE.replace("steps: 24", "steps: 3000").replace("eval_every: 8", "eval_every: 1000")
+LONGER_STEPS = 1000  # long enough to be stopped well before its end on a slow machine (about 90 steps/s here: 11 s)
+LONGER_SUITE = (MINI_SUITE.replace("steps: 24", f"steps: {LONGER_STEPS}").replace("eval_every: 8", "eval_every: 500")
                 .replace("checkpoint_every: 16", "checkpoint_every: 8"))
 
 
@@ -96,7 +97,7 @@ def test_stopping_dvc_repro_stops_its_trainer_and_the_next_repro_resumes_it(tmp_
     assert "digits_20-fixmatch_ra-1: resuming at step" in again.stdout, again.stdout
     rows = (repo / "results/digits_20-fixmatch_ra-1/curves/train/loss.tsv").read_text().splitlines()[1:]
     steps = [int(row.split("\t")[0]) for row in rows]
-    assert steps == list(range(8, 3001, 8))  # one row per logged step: none lost, none twice
+    assert steps == list(range(8, LONGER_STEPS + 1, 8))  # one row per logged step: none lost, none twice
 
 
 def test_an_interrupted_temp_experiment_resumes_from_its_checkpoint_when_run_again(tmp_path, monkeypatch):
