@@ -50,19 +50,14 @@ LONGER_SUITE = (MINI_SUITE.replace("steps: 24", f"steps: {LONGER_STEPS}").replac
                 .replace("checkpoint_every: 16", "checkpoint_every: 8"))
 
 
-def _wait_for_a_checkpoint(checkpoints: Path, run: str) -> None:
-    deadline = time.monotonic() + 240
-    while not list(checkpoints.glob(f"{run}-*/state.pt")) and time.monotonic() < deadline:
-        time.sleep(0.05)
-
-
 def _trainers(run: str) -> list[str]:
     """PIDs of the Python processes training ``run``; not a ``/bin/sh -c`` that DVC may keep above one."""
     pattern = f"^[^ ]*python[^ ]* pipeline/train.py {run}"
     return subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout.split()
 
 
-def _wait_for_a_checkpoint_after(checkpoints: Path, run: str, since: float) -> None:
+def _wait_for_a_checkpoint(checkpoints: Path, run: str, since: float = 0.0) -> None:
+    """Wait until ``run`` has a checkpoint written after ``since`` (a ``time.time()``)."""
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and not any(
             path.stat().st_mtime > since for path in checkpoints.glob(f"{run}-*/state.pt")):
@@ -83,7 +78,7 @@ def test_stopping_dvc_repro_stops_its_trainer_and_the_next_repro_resumes_it(tmp_
         with open(log_path, "w") as log:
             first = subprocess.Popen([sys.executable, "-m", "dvc", "repro", "train@digits_20-fixmatch_ra-1"],
                                      cwd=repo, env=env, stdout=log, stderr=subprocess.STDOUT)
-            _wait_for_a_checkpoint_after(checkpoints, "digits_20-fixmatch_ra-1", started)
+            _wait_for_a_checkpoint(checkpoints, "digits_20-fixmatch_ra-1", since=started)
             assert _trainers("digits_20-fixmatch_ra-1"), log_path.read_text()
             first.send_signal(signal.SIGTERM)
             first.wait(timeout=60)
