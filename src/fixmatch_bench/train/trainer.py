@@ -30,6 +30,7 @@ from .checkpoint import (CHECKPOINTS_ENV, RunLock, checkpoint_root, load_for_res
                          save_atomically, save_checkpoint)
 from .distributed import SINGLE_PROCESS, World
 from .evaluation import accuracy, reported_error
+from .host_memory import keep_freed_memory
 from .run_data import RunData, load_run_data
 from .run_log import NonFiniteLoss, RunLog
 from .state import TrainState, build_state
@@ -122,6 +123,7 @@ def train(params: Params | Mapping, run: Run, data_dir: Path, split_path: Path, 
     ``params`` may be a plain mapping: it is validated first.
     """
     params, world = validate_params(params), world or SINGLE_PROCESS
+    keep_freed_memory()
     root = checkpoint_root(params.checkpoints.dir)
     if world.is_main:
         require_writable(root, "the checkpoint folder", f" (set checkpoints.dir or ${CHECKPOINTS_ENV})")
