@@ -17,12 +17,14 @@ import torch
 from fixmatch_bench.bench import GPU_SPEED, full_configs, peers_step, reduced_configs, suite_step
 from fixmatch_bench.compose import compose_params
 from fixmatch_bench.core.config import validate_params
+from fixmatch_bench.train.host_memory import keep_freed_memory
 from fixmatch_bench.train.speed import SpeedOptions
 
 REPO = Path(__file__).resolve().parents[1]
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 CONFIG = full_configs()[0] if DEVICE.type == "cuda" else reduced_configs()[0]
 STEPS_PER_S: dict[str, float] = {}  # median of each pipeline, for the ratio
+keep_freed_memory()  # both pipelines with the trainer's host-memory settings
 
 
 @pytest.mark.parametrize("pipeline", ["peers", "suite"])  # the baseline first

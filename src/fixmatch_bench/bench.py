@@ -18,6 +18,10 @@ differ only in where the batch comes from:
     added in turn; TF32 and the algorithm-changing ``weak_no_grad`` on rows of
     their own); its (b) figure is the ladder's rung with the suite's options.
 
+Both run in a process with the trainer's host-memory settings
+(:func:`~fixmatch_bench.train.host_memory.keep_freed_memory`, set by :func:`run_benchmark`),
+so they differ only in the pipeline.
+
 A figure is the median steps/s over ``rounds`` timed windows of ``steps`` steps
 (the EMA model's test evaluation every ``eval_every`` steps included), with the
 rounds' spread. For (b) a second, synchronised pass splits a step into drawing the
@@ -56,6 +60,7 @@ from .train.augment import make_augmenter
 from .train.distributed import SINGLE_PROCESS
 from .train.evaluation import accuracy, to_model_input
 from .train.fixmatch import Batch
+from .train.host_memory import keep_freed_memory
 from .train.run_data import RunData
 from .train.speed import SpeedOptions
 from .train.state import TrainState, build_state
@@ -328,6 +333,7 @@ def run_benchmark(device: torch.device | None = None, reduced: bool | None = Non
     cuda = device.type == "cuda"
     speed, ladder = (GPU_SPEED, GPU_LADDER) if cuda else (SpeedOptions(), CPU_LADDER)
     load_average = os.getloadavg()[0]  # other processes on the host skew every figure
+    keep_freed_memory()  # as the trainer does
     paper = validate_params(compose_params(["suite=paper"]))
     results = []
     for config in (reduced_configs() if reduced else full_configs()):
