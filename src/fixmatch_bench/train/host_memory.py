@@ -4,7 +4,7 @@ Every step allocates and frees the same large buffers (activations, gradients,
 augmentation intermediates). With glibc's defaults, malloc hands large blocks
 back to the kernel (blocks above a sliding mmap threshold, and the heap's free
 top above the trim threshold), so the next step touches fresh pages and takes a
-page fault on each: measured on a quick-suite FixMatch (RA) run, about 8,800
+page fault on each: measured on a quick-suite FixMatch (RA) run, about 8,000
 minor faults a step, and 1.3x slower than with the two thresholds fixed
 (docs/quick_suite.md). Fixed thresholds keep the memory in the heap for reuse.
 This changes where memory comes from, never what is computed.

@@ -25,12 +25,13 @@ on CUDA it is PyTorch's own default). The others trade exactness for speed:
   views are kept across calls) of the batched augmentation ops in their dense
   form, every op computed for the whole batch and selected per sample: one
   graph with no host synchronisation. Eager, that form dispatches thousands of
-  small ops per view (counted with torch.profiler on CPU: 7,338 aten calls,
-  nested ones included, for one RandAugment strong view), which on a GPU is
-  expected to be bound by kernel launches (not measured here). The random draws stay eager (explicit
-  generators). Bit-identical to the eager ops (checked on CPU); meant for CUDA:
-  on CPU the eager bucketed path is much faster (measured on 448 CIFAR-sized
-  images: 10.5 ms eager vs 352 ms compiled-dense for RandAugment).
+  small ops per view (counted with torch.profiler on CPU: 4,832 aten calls,
+  nested ones included, for the ops of one RandAugment strong view), which on
+  a GPU is expected to be bound by kernel launches (not measured here). The
+  random draws stay eager (explicit generators). Bit-identical to the eager
+  ops (checked on CPU); meant for CUDA: on CPU the eager bucketed path is much
+  faster (measured on 448 CIFAR-sized images, the ops of one RandAugment
+  strong view: 7.5–8.0 ms eager vs 268 ms compiled-dense).
 - ``tf32``: on CUDA, allow TensorFloat-32 in cuDNN convolutions and in matmuls
   (operands rounded to a 10-bit mantissa; faster on Ampere and newer GPUs).
   Off by default, and then set off explicitly: PyTorch's own default lets cuDNN
