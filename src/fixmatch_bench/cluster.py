@@ -162,11 +162,12 @@ def submit(repo: Path, root: Path, options: JobOptions) -> dict:
         (root / folder).mkdir(parents=True, exist_ok=True)
     checkpoints = None if params.checkpoints.dir else root / "checkpoints"
     common = options.common()
+    # Before the upstream job exists: once submitted it may start at once and hold DVC's lock on this workspace.
+    changed = _changed_stages(repo)
     upstream_script = root / "jobs" / "upstream.sh"
     upstream_script.write_text(_script([*_environment(repo), "dvc repro split"]))
     upstream = _sbatch([*common, "--job-name=fixmatch-upstream", f"--output={root / 'logs' / 'upstream.log'}"],
                        upstream_script, repo)
-    changed = _changed_stages(repo)
     jobs, skipped = {}, []
     for run in all_runs(params):
         if stage_of(run) not in changed:  # recorded in this workspace's dvc.lock, outputs present
