@@ -58,7 +58,7 @@ class Cluster:
             states = {job: self.state(job) for job in jobs}
             if all(state in ended for state in states.values()):
                 return states
-            time.sleep(1)
+            time.sleep(0.25)
         raise AssertionError(f"jobs still running after {timeout_s} s: {states}")
 
     def stop(self) -> None:

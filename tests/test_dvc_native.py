@@ -45,7 +45,7 @@ def test_returning_to_a_parameter_set_restores_every_run_from_the_run_cache(mini
     assert (repo / "models/digits_20-fixmatch_ra-1.pt").stat().st_size > 0  # the EMA weights came back too
 
 
-LONGER_STEPS = 1000  # long enough to be stopped well before its end on a slow machine (about 90 steps/s here: 11 s)
+LONGER_STEPS = 400  # stopped within a few steps of a checkpoint, well before its end (about 70 steps/s here: 6 s)
 LONGER_SUITE = (MINI_SUITE.replace("steps: 24", f"steps: {LONGER_STEPS}").replace("eval_every: 8", "eval_every: 500")
                 .replace("checkpoint_every: 16", "checkpoint_every: 8"))
 
@@ -291,7 +291,7 @@ def test_a_bad_hand_edited_params_file_stops_dvc_repro_before_any_output_is_touc
     assert (repo / "reports/results.csv").read_text() == first_table
 
 
-def test_switching_suites_offline_loses_nothing_and_the_readmes_command_brings_the_workspace_back(tmp_path,
+def test_switching_suites_offline_loses_nothing_and_the_readmes_command_brings_the_workspace_back(mini_repo, tmp_path,
                                                                                                   monkeypatch):
     """`dvc exp run -S suite=paper` without the datasets: DVC checks the workspace out for the paper
     pipeline and the download fails; unfinished runs' checkpoints (outside the workspace) are untouched,
@@ -302,7 +302,7 @@ def test_switching_suites_offline_loses_nothing_and_the_readmes_command_brings_t
     unfinished.parent.mkdir(parents=True)
     unfinished.write_bytes(b"an interrupted run's state")
     monkeypatch.setenv("FIXMATCH_CHECKPOINTS", str(checkpoints))
-    repo = repo_on_suite(tmp_path / "repo", "mini", MINI_SUITE)
+    repo, _ = mini_repo  # last in this module: it commits the module's workspace
     dvc(repo, "repro", "aggregate")  # (the mini suite has no baseline to check against)
     git(repo, "add", "-A")
     git(repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "quick suite ran")
