@@ -9,8 +9,13 @@ quick: install  ## install everything, run the DVC pipeline (quick suite), fail 
 	$(UV) run dvc repro
 	$(UV) run python pipeline/check.py --strict
 
+# Test files run in TEST_WORKERS processes, each file whole in one (its module fixtures are built once);
+# TEST_WORKERS=0 runs them in pytest's own process. Two on two cores: one after another the tests kept
+# about one core busy (they wait on DVC, SLURM and torchrun subprocesses); three were slower there.
+TEST_WORKERS ?= 2
+
 test: install  ## run the test suite
-	$(UV) run pytest -q --durations=20  # the 20 slowest tests, to keep `make test` under 10 minutes
+	$(UV) run pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=20  # the 20 slowest tests, to keep `make test` under 10 minutes
 
 install: uv  ## the locked environment (uv.lock) in .venv
 	$(UV) sync --frozen --compile-bytecode  # .pyc up front: each stage starts a fresh python (PYTHONDONTWRITEBYTECODE may be set)
