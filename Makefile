@@ -11,7 +11,7 @@ quick: install  ## install everything, run the DVC pipeline (quick suite), fail 
 
 # Test files run in TEST_WORKERS processes, each file whole in one (its module fixtures are built once);
 # TEST_WORKERS=0 runs them in pytest's own process. Two on two cores: one after another the tests kept
-# about one core busy (they wait on DVC, SLURM and torchrun subprocesses); three were slower there.
+# one core busy on average; three workers were slower there (docs/quick_suite.md, "make test").
 TEST_WORKERS ?= 2
 
 test: install  ## run the test suite
