@@ -3,7 +3,7 @@ SHELL := /bin/bash
 export DVC_NO_ANALYTICS := 1
 UV ?= $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
 
-.PHONY: quick test install uv params baseline bench paper
+.PHONY: quick test install uv params baseline bench paper gpu-check gpu-wheels
 
 quick: install  ## install everything, run the DVC pipeline (quick suite), fail if its check failed
 	$(UV) run dvc repro
@@ -32,3 +32,21 @@ baseline: install  ## measure the suite's spread (conf/spread.yaml) and write it
 
 bench: install  ## throughput benchmarks (GPU figures when a GPU is present)
 	$(UV) run pytest benchmarks --benchmark-only -q
+
+# PY=<python> uses that interpreter instead of the locked environment and installs nothing: a GPU
+# machine with its own torch (PYTHONPATH=src, docs/gpu_check.md).
+gpu-check: $(if $(PY),,install)  ## the CUDA path in one short run (tests marked cuda, then the quick benchmark): reports/gpu_check.md
+	$(or $(PY),$(UV) run python) -m fixmatch_bench.gpu_check $(GPU_CHECK_ARGS)
+
+# The pure-Python packages a GPU image with its own torch may lack, as wheels at uv.lock's versions,
+# for a machine without a package index (docs/gpu_check.md). pydantic-core is compiled: built for
+# CPython $(GPU_WHEELS_PYTHON) on x86-64 Linux.
+GPU_WHEELS_PYTHON ?= 3.12
+GPU_WHEELS := pydantic pydantic-core annotated-types typing-inspection typing-extensions hydra-core omegaconf antlr4-python3-runtime
+gpu-wheels: uv
+	rm -rf .whl && mkdir -p .whl
+	$(UV) export --frozen --no-hashes --no-dev --no-emit-project | grep -E "^($(subst $(eval) ,|,$(GPU_WHEELS)))==" > .whl/requirements.txt
+	grep -v antlr4 .whl/requirements.txt | xargs python3 -m pip download -q --no-deps --only-binary=:all: -d .whl \
+		--python-version $(GPU_WHEELS_PYTHON) --implementation cp --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64
+	grep antlr4 .whl/requirements.txt | xargs python3 -m pip wheel -q --no-deps -w .whl  # published as a source archive only
+	ls .whl

@@ -76,6 +76,28 @@ def digits_workspace(root: Path, train: dict) -> tuple[Path, dict]:
     return root, params
 
 
+def pytest_collection_modifyitems(config, items):
+    """``cuda`` tests skip with the reason where no CUDA device exists (``make test`` here)."""
+    import torch
+
+    if torch.cuda.is_available() or os.environ.get("FIXMATCH_CUDA_TESTS_DEVICE") == "cpu":  # a rehearsal on the CPU
+        return
+    skip = pytest.mark.skip(reason="no CUDA device (torch.cuda.is_available() is False): run by `make gpu-check` "
+                                   "on a GPU machine")
+    for item in items:
+        if item.get_closest_marker("cuda") is not None:
+            item.add_marker(skip)
+
+
+def pytest_runtest_setup(item):
+    """Under `make gpu-check`, the cuda tests not started by the deadline are skipped as not run."""
+    from fixmatch_bench.gpu_check import DEADLINE_ENV
+
+    deadline = os.environ.get(DEADLINE_ENV)
+    if deadline and item.get_closest_marker("cuda") is not None and time.time() > float(deadline):
+        pytest.skip("not run: gpu-check's time budget for the tests was spent (re-run with -k to run it)")
+
+
 @pytest.fixture(autouse=True, scope="session")
 def checkpoints_outside_home(tmp_path_factory):
     """Training in tests (and the DVC stages they start) checkpoints under a temporary root."""

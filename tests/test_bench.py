@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -116,6 +117,30 @@ def test_a_failing_measurement_is_reported_not_raised(capsys):
     assert _attempt("y", lambda: {"steps_per_s": 1.0}) == {"steps_per_s": 1.0}
 
 
+def test_past_the_deadline_a_measurement_is_reported_as_not_reached_without_running(capsys):
+    def measure():
+        pytest.fail("measured past the deadline")
+
+    skipped = _attempt("z", measure, time.monotonic() - 1.0)
+    assert skipped == {"skipped": bench.NOT_REACHED}
+    assert "skipping z" in capsys.readouterr().err
+    assert _attempt("w", lambda: {"steps_per_s": 2.0}, time.monotonic() + 60.0) == {"steps_per_s": 2.0}
+    report = {"device": "NVIDIA H100", "device_type": "cuda", "reduced": False, "quick": True, "torch": "2.11",
+              "cpu_cores": 16, "load_average_1min": 0.1, "results": [
+                  {"config": "WRN-28-8 CIFAR-100 RandAugment", "settings": {}, "suite": skipped,
+                   "protocol": _measured(20.0)}]}
+    markdown = render_markdown(report)
+    assert f"| WRN-28-8 CIFAR-100 RandAugment | — | {bench.NOT_REACHED} | — | — | — | 20.00 ± 1.00 |" in markdown
+    assert "no evaluation inside the timed rounds (quick timing)" in markdown
+
+
+def test_quick_timing_is_three_short_rounds_without_evaluations():
+    config = bench.full_configs()[0]
+    quick = config.quick()
+    assert (quick.steps, quick.rounds, quick.warmup) == (32, 3, 10) and quick.eval_every > quick.steps * quick.rounds
+    assert (quick.name, quick.dataset, quick.method, quick.ladder) == (config.name, config.dataset, config.method, True)
+
+
 def test_the_gpu_ladder_adds_one_option_at_a_time_and_labels_the_algorithm_changing_rung():
     options = [speed for _, speed in GPU_LADDER]
     assert options[0].compile == "none" and not options[0].autocast_bf16 and not options[0].tf32
@@ -142,7 +167,9 @@ def test_the_reduced_benchmark_runs_end_to_end_from_the_command_line(tmp_path):
     assert row["suite"]["steps_per_s"] > 0 and row["peers"]["steps_per_s"] > 0
     assert row["ratio"] == pytest.approx(row["suite"]["steps_per_s"] / row["peers"]["steps_per_s"])
     assert [rung["label"] for rung in row["ladder"]] == ["fp32 eager", "+ channels_last"]
-    assert row["suite"]["steps_per_s"] == row["ladder"][0]["steps_per_s"]
+    assert row["suite"]["steps_per_s"] == row["ladder"][0]["steps_per_s"] == row["protocol"]["steps_per_s"]
+    assert row["workload"].startswith("ResNet filters=16 scales=2 repeat=1, 3x32x32, randaugment, B=2, mu=7")
+    assert report["paper_suite"]["totals"]["protocol"] == {"hours": 0.0, "runs_not_measured": 155}  # CPU: no figure
     assert "| speed options | steps/s |" in (tmp_path / "throughput.md").read_text()
 
 

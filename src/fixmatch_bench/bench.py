@@ -17,6 +17,9 @@ differ only in where the batch comes from:
     also measures (b) under each rung of :data:`GPU_LADDER` (each speed option
     added in turn; TF32 and the algorithm-changing ``weak_no_grad`` on rows of
     their own); its (b) figure is the ladder's rung with the suite's options.
+    Every configuration is also measured under the protocol's settings (fp32
+    eager, TF32 off), and the report projects the paper suite's GPU-hours from
+    the figures of each run's workload (:mod:`fixmatch_bench.report.gpu_hours`).
 
 Both run in a process with the trainer's host-memory settings
 (:func:`~fixmatch_bench.train.host_memory.keep_freed_memory`, set by :func:`run_benchmark`),
@@ -32,8 +35,10 @@ on CPU.
 On a CPU-only machine the reduced configuration runs (small network, tiny
 batch, few steps): it exercises the code, its figures say nothing about GPUs.
 
-CLI: ``python -m fixmatch_bench.bench [--out reports] [--reduced] [--only TEXT]``
-writes ``throughput.md`` and ``throughput.json``.
+CLI: ``python -m fixmatch_bench.bench [--out reports] [--reduced] [--only TEXT] [--quick]``
+writes ``throughput.md`` and ``throughput.json``. ``--quick`` (what ``make gpu-check``
+runs) times fewer, shorter rounds, without the periodic evaluation, and stops
+measuring at a deadline, reporting what it did not reach.
 """
 
 from __future__ import annotations
@@ -54,8 +59,9 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from .compose import compose_params
-from .core.config import Run, validate_params
+from .core.config import Run, all_runs, validate_params
 from .core.schema import DatasetFacts, Params
+from .report import gpu_hours
 from .train.augment import make_augmenter
 from .train.distributed import SINGLE_PROCESS
 from .train.evaluation import accuracy, to_model_input
@@ -119,16 +125,36 @@ class BenchConfig:
     def run(self) -> Run:
         return Run(self.dataset, 4000, self.method, 1)
 
+    def workload(self, paper: Params) -> str:
+        """What a step costs (:func:`~fixmatch_bench.report.gpu_hours.workload`): runs of the same
+        workload are projected from this configuration's figures."""
+        return gpu_hours.workload(self.params(paper, SpeedOptions(), torch.device("cpu")), self.run())
+
+    def quick(self) -> BenchConfig:
+        """``make gpu-check``'s timing: three short rounds, no evaluation inside them."""
+        return replace(self, steps=min(self.steps, 32), rounds=3, warmup=min(self.warmup, 10), breakdown_steps=10,
+                       eval_every=10**9)
+
 
 def full_configs() -> list[BenchConfig]:
     """The GPU suite: WRN-28-2 (CIFAR-10) with RandAugment (both pipelines) and CTAugment, WRN-28-8
-    (CIFAR-100), WRN-37-2 (STL-10, 96 px)."""
+    (CIFAR-100), WRN-37-2 (STL-10, 96 px), then each network's supervised step (the baselines' runs)."""
     return [
         BenchConfig("WRN-28-2 CIFAR-10 RandAugment", "cifar10", steps=256, warmup=50, eval_every=512, ladder=True),
         BenchConfig("WRN-28-2 CIFAR-10 CTAugment", "cifar10", "fixmatch_cta", steps=256, warmup=50, eval_every=512,
                     peers=False),
         BenchConfig("WRN-28-8 CIFAR-100 RandAugment", "cifar100", steps=64, warmup=20, eval_every=128, peers=False),
         BenchConfig("WRN-37-2 STL-10 96px RandAugment", "stl10", train_size=5_000, steps=64, warmup=20,
+                    eval_every=128, peers=False),
+        BenchConfig("WRN-28-8 CIFAR-100 CTAugment", "cifar100", "fixmatch_cta", steps=64, warmup=20, eval_every=128,
+                    peers=False),
+        BenchConfig("WRN-37-2 STL-10 96px CTAugment", "stl10", "fixmatch_cta", train_size=5_000, steps=64,
+                    warmup=20, eval_every=128, peers=False),
+        BenchConfig("WRN-28-2 CIFAR-10 supervised", "cifar10", "supervised", steps=256, warmup=50, eval_every=512,
+                    peers=False),
+        BenchConfig("WRN-28-8 CIFAR-100 supervised", "cifar100", "supervised", steps=64, warmup=20, eval_every=128,
+                    peers=False),
+        BenchConfig("WRN-37-2 STL-10 96px supervised", "stl10", "supervised", train_size=5_000, steps=64, warmup=20,
                     eval_every=128, peers=False),
     ]
 
@@ -306,9 +332,16 @@ def measure_suite(config: BenchConfig, paper: Params, device: torch.device, opti
     return {**summary, "speed_options": options.model_dump(), "breakdown_ms": _breakdown(config, under_test)}
 
 
-def _attempt(what: str, measure: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+NOT_REACHED = "not measured: the time budget was spent"
+
+
+def _attempt(what: str, measure: Callable[[], dict[str, Any]], deadline: float | None = None) -> dict[str, Any]:
     """``measure()``, or ``{"error": ...}`` when it raises: one failing option (a compiler error on
-    some GPU, say) is reported in its row instead of losing the other measurements."""
+    some GPU, say) is reported in its row instead of losing the other measurements. Past ``deadline``
+    (``time.monotonic()``), ``{"skipped": ...}`` without measuring."""
+    if deadline is not None and time.monotonic() > deadline:
+        print(f"skipping {what}: {NOT_REACHED}", file=sys.stderr, flush=True)
+        return {"skipped": NOT_REACHED}
     print(f"measuring {what}", file=sys.stderr, flush=True)
     try:
         return measure()
@@ -324,9 +357,11 @@ def device_name(device: torch.device) -> str:
 
 
 def run_benchmark(device: torch.device | None = None, reduced: bool | None = None,
-                  workers: int | None = None, only: str | None = None) -> dict[str, Any]:
+                  workers: int | None = None, only: str | None = None, quick: bool = False,
+                  deadline: float | None = None) -> dict[str, Any]:
     """Measure every configuration (those whose name contains ``only``, if given); the full GPU
-    suite on CUDA, the reduced one otherwise (by default)."""
+    suite on CUDA, the reduced one otherwise (by default). ``quick``: :meth:`BenchConfig.quick`
+    timing; ``deadline`` (``time.monotonic()``): what is not reached by then is reported as such."""
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     reduced = device.type != "cuda" if reduced is None else reduced
     workers = workers or os.cpu_count() or 1
@@ -339,24 +374,33 @@ def run_benchmark(device: torch.device | None = None, reduced: bool | None = Non
     for config in (reduced_configs() if reduced else full_configs()):
         if only is not None and only not in config.name:
             continue
-        row: dict[str, Any] = {"config": config.name, "settings": asdict(config)}
-        suite = None  # (b) is the ladder's rung with the suite's options when there is one (measured once)
+        config = config.quick() if quick else config
+
+        def measure(label: str, options: SpeedOptions) -> dict[str, Any]:
+            return _attempt(f"{config.name}: (b) {label}", lambda: measure_suite(config, paper, device, options),
+                            deadline)
+
+        row: dict[str, Any] = {"config": config.name, "workload": config.workload(paper), "settings": asdict(config)}
+        measured: dict[SpeedOptions, dict[str, Any]] = {}  # each option set once: the ladder's rung is reused
         if config.ladder:
             row["ladder"] = []
             for label, options in ladder:
-                measured = _attempt(f"{config.name}: (b) {label}", lambda: measure_suite(config, paper, device, options))
-                row["ladder"].append(dict(label=label, **measured))
-                if options == speed:
-                    suite = measured
-        row["suite"] = suite or _attempt(f"{config.name}: (b) suite", lambda: measure_suite(config, paper, device, speed))
+                measured[options] = measure(label, options)
+                row["ladder"].append(dict(label=label, **measured[options]))
+        row["protocol"] = measured.get(SpeedOptions()) or measure("protocol (fp32 eager)", SpeedOptions())
+        measured[SpeedOptions()] = row["protocol"]
+        row["suite"] = measured.get(speed) or measure("suite", speed)
         if config.peers:
-            row["peers"] = _attempt(f"{config.name}: (a) peers", lambda: measure_peers(config, paper, device, workers))
+            row["peers"] = _attempt(f"{config.name}: (a) peers", lambda: measure_peers(config, paper, device, workers),
+                                    deadline)
             if "steps_per_s" in row["suite"] and "steps_per_s" in row["peers"]:
                 row["ratio"] = row["suite"]["steps_per_s"] / row["peers"]["steps_per_s"]
         results.append(row)
-    return {"device": device_name(device), "device_type": device.type, "reduced": reduced,
-            "torch": torch.__version__, "cpu_cores": os.cpu_count(), "load_average_1min": load_average,
-            "results": results}
+    report = {"device": device_name(device), "device_type": device.type, "reduced": reduced, "quick": quick,
+              "torch": torch.__version__, "cpu_cores": os.cpu_count(), "load_average_1min": load_average,
+              "results": results}
+    report["paper_suite"] = gpu_hours.summary(gpu_hours.project(paper, all_runs(paper), report))
+    return report
 
 
 def _figure(value: float | None, unit: str = "") -> str:
@@ -364,7 +408,7 @@ def _figure(value: float | None, unit: str = "") -> str:
 
 
 def _phases(measured: dict[str, Any]) -> str:
-    if "error" in measured:
+    if "breakdown_ms" not in measured:
         return "— | —"
     breakdown = measured["breakdown_ms"]
     return f"{breakdown['batch_ms']:.1f} | {breakdown['update_ms']:.1f}"
@@ -376,6 +420,8 @@ def _steps(measured: dict[str, Any] | None) -> str:
         return "—"
     if "error" in measured:
         return "failed (see throughput.json)"
+    if "skipped" in measured:
+        return measured["skipped"]
     return f"{measured['steps_per_s']:.2f} ± {measured['steps_per_s_stdev']:.2f}"
 
 
@@ -400,16 +446,18 @@ def render_markdown(report: dict[str, Any]) -> str:
              f"host load average at start {report['load_average_1min']:.2f}.",
              "", "Made by `python -m fixmatch_bench.bench`: the trainer's own step (`train/step.py` "
              "`fixmatch_step`, built from the paper suite's params) on random uint8 data of the dataset's shape; "
-             "periodic EMA evaluation included. Steps/s: median over the rounds ± their standard deviation.",
+             f"{'no evaluation inside the timed rounds (quick timing)' if report.get('quick') else 'periodic EMA evaluation included'}. "
+             "Steps/s: median over the rounds ± their standard deviation.",
              "(a) peers: per-image PIL RandAugment in DataLoader workers (one per core), fp32 eager. "
              "(b) suite: uint8 data on the device, `draw_batch` (batched per-sample augmentation)"
              f"{', channels_last + bf16 autocast + compile: step + compile_augment' if gpu else ' (speed options off on CPU)'}.",
              "",
-             "| configuration | (a) peers steps/s | (b) suite steps/s | ratio b/a | batch ms | update ms |",
-             "|---|---|---|---|---|---|"]
+             "| configuration | (a) peers steps/s | (b) suite steps/s | ratio b/a | batch ms | update ms | "
+             "(b) at the protocol's settings |",
+             "|---|---|---|---|---|---|---|"]
     for row in report["results"]:
         lines.append(f"| {row['config']} | {_steps(row.get('peers'))} | {_steps(row['suite'])} | "
-                     f"{_figure(row.get('ratio'), 'x')} | {_phases(row['suite'])} |")
+                     f"{_figure(row.get('ratio'), 'x')} | {_phases(row['suite'])} | {_steps(row.get('protocol'))} |")
     comparisons = _cta_vs_ra(report["results"])
     if comparisons:
         lines += [""] + comparisons
@@ -423,6 +471,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         for rung in row["ladder"]:
             ratio = rung["steps_per_s"] / base if base and "steps_per_s" in rung else None
             lines.append(f"| {rung['label']} | {_steps(rung)} | {_figure(ratio, 'x')} | {_phases(rung)} |")
+    if gpu and "paper_suite" in report:
+        lines += ["", "## The paper suite's cost", ""] + gpu_hours.render(report["paper_suite"], report["device"])
     if not gpu:
         lines += ["", "GPU figures: not measured (no GPU on this machine). On a GPU host run "
                   "`uv run python -m fixmatch_bench.bench` to measure the full suite "
@@ -446,11 +496,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--reduced", action="store_true", help="the small CPU configuration even on a GPU")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--only", metavar="TEXT", help="measure only the configurations whose name contains TEXT")
+    parser.add_argument("--quick", action="store_true", help="three short rounds per figure (make gpu-check)")
+    parser.add_argument("--budget-s", type=float, help="stop measuring after this many seconds; the rest is "
+                        "reported as not measured")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda but no CUDA device is available")
     device = None if args.device == "auto" else torch.device(args.device)
-    report = run_benchmark(device, reduced=True if args.reduced else None, only=args.only)
+    deadline = time.monotonic() + args.budget_s if args.budget_s is not None else None
+    report = run_benchmark(device, reduced=True if args.reduced else None, only=args.only, quick=args.quick,
+                           deadline=deadline)
     if not report["results"]:
         parser.error(f"--only {args.only!r} matches no configuration")
     write_report(report, args.out)

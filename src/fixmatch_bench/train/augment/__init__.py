@@ -24,7 +24,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-from ..speed import static_compile
+from ..speed import guarded, static_compile
 from . import pil_ops, randaugment, tensor_ops
 from .ctaugment import CTA_FILL, CTAugment, cutout_side
 from .primitives import Fill, cutout_step
@@ -60,8 +60,10 @@ class Augmenter:
         """
         if self.impl != "batched":
             raise ValueError(f"compile() needs impl='batched', this augmenter is impl={self.impl!r}")
-        self._apply_steps = static_compile(functools.partial(tensor_ops.apply_steps, dense=True), fullgraph=True)
-        self._flip_shift = static_compile(tensor_ops.flip_shift, fullgraph=True)
+        option = "speed.compile_augment=true"
+        self._apply_steps = guarded(static_compile(functools.partial(tensor_ops.apply_steps, dense=True),
+                                                   fullgraph=True), option)
+        self._flip_shift = guarded(static_compile(tensor_ops.flip_shift, fullgraph=True), option)
         return self
 
     # ------------------------------------------------------------ plumbing
