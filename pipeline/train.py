@@ -16,6 +16,7 @@ from fixmatch_bench.core.config import load_params, parse_run, run_params
 from fixmatch_bench.core.stage import end_with_dvc, refuse_training_if_switched_off, run_stage
 from fixmatch_bench.train.checkpoint import CheckpointError
 from fixmatch_bench.train.distributed import launch
+from fixmatch_bench.train.speed import SpeedOptionFailed
 from fixmatch_bench.train.trainer import Interrupted, NonFiniteLoss, StopRequest, stop_on_signals, train
 
 
@@ -49,4 +50,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    run_stage(main, expected=(NonFiniteLoss, CheckpointError))
+    run_stage(main, expected=(NonFiniteLoss, CheckpointError, SpeedOptionFailed))

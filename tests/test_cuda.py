@@ -177,8 +177,8 @@ def _steps(under_test, count: int, record_property) -> dict:
 
 
 @cuda
-@pytest.mark.parametrize("network,dataset", NETWORKS, ids=[name for name, _ in NETWORKS])
 @pytest.mark.parametrize("augment,method", AUGMENTS, ids=[name for name, _ in AUGMENTS])
+@pytest.mark.parametrize("network,dataset", NETWORKS, ids=[name for name, _ in NETWORKS])
 def test_the_paper_step_under_the_protocols_settings(paper, network, dataset, augment, method, record_property):
     """fp32 eager, TF32 off: a few steps, the loss finite, an evaluation."""
     _steps(_under_test(paper, dataset, method, SpeedOptions()), 4, record_property)

@@ -121,6 +121,25 @@ def test_sigterm_to_a_real_training_process_checkpoints_and_the_rerun_resumes(wo
     assert all(torch.equal(tensor, _final_state(workspace, "sigterm")["ema"][name]) for name, tensor in ema.items())
 
 
+def test_a_compiler_failure_stops_the_run_in_one_line_naming_the_speed_option_to_turn_off(workspace, tmp_path):
+    """A machine whose Inductor cannot build kernels (no working C++ compiler for CPU kernels):
+    the run stops before its first step with one line, no traceback and no silent eager fallback."""
+    root, params = workspace
+    compiled = copy.deepcopy(params)
+    compiled["speed"].update(compile="step")
+    (root / "compile.yaml").write_text(yaml.safe_dump(_with_checkpoints(compiled, root, "compile-fails")))
+    command = [sys.executable, str(REPO / "pipeline/train.py"), "digits_20-fixmatch_ra-1",
+               "--prepared", str(root / "prepared"), "--splits", str(root / "splits"),
+               "--params", str(root / "compile.yaml"), "--results", str(root / "compile-fails"),
+               "--models", str(root / "models-compile-fails")]
+    env = {**os.environ, "CXX": str(tmp_path / "no-such-compiler"), "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "cache")}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.startswith("error: speed.compile=step failed on this machine (InductorError: ")
+    assert "set speed.compile=none and re-run" in done.stderr
+    assert not (root / "compile-fails/digits_20-fixmatch_ra-1/metrics.json").exists()
+
+
 def test_a_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(workspace):
     root, params = workspace
     exploding = copy.deepcopy(params)
