@@ -16,7 +16,7 @@
 Without a CUDA device every test is skipped with its reason, the benchmark is
 not run, and the summary says so. Exit status 1 if anything failed.
 
-CLI: ``python -m fixmatch_bench.gpu_check [--out reports] [--budget-s 450]
+CLI: ``python -m fixmatch_bench.gpu_check [--out reports] [--budget-s 420]
 [--tests-share 0.7] [-k EXPR]``.
 """
 
@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("reports"), help="folder for gpu_check.md/.json and "
                         "throughput.md/.json")
     parser.add_argument("--tests", type=Path, default=Path("tests"), help="the test folder")
-    parser.add_argument("--budget-s", type=float, default=450.0, help="the whole check's time budget")
+    parser.add_argument("--budget-s", type=float, default=420.0, help="the whole check's time budget")
     parser.add_argument("--tests-share", type=float, default=0.7, help="the cuda tests' share of the budget")
     parser.add_argument("-k", dest="expression", help="only the cuda tests matching this pytest -k expression")
     args = parser.parse_args(argv)
