@@ -16,7 +16,8 @@ from fixmatch_bench.core.config import ParamsError, Run, validate_params
 from fixmatch_bench.train.augment import make_augmenter
 from fixmatch_bench.train.augment.ctaugment import CTA_FILL
 from fixmatch_bench.train.fixmatch import Batch, fixmatch_loss
-from fixmatch_bench.train.optim import TFAdam, build_optimizer, linear_lr, scheduled_lr
+from fixmatch_bench.train.optim import TFAdam, build_optimizer, linear_lr, scheduled_lr, set_lr
+from fixmatch_bench.train.speed import static_compile
 from fixmatch_bench.train.step import StepParams, draw_batch
 from fixmatch_bench.train.trainer import train
 
@@ -104,6 +105,29 @@ def test_adam_is_tensorflows_with_l2_in_the_gradient_and_eps_on_the_uncorrected_
         w -= lr * math.sqrt(1 - b2 ** t) / (1 - b1 ** t) * m / (math.sqrt(v) + 1e-8)
         assert float(weight.detach()) == pytest.approx(w, abs=1e-15)
     assert TFAdam([weight], lr, b1, 0.0).defaults["eps"] == 1e-4  # the script's epsilon when beta2 = 0
+
+
+def test_compiled_adam_follows_eager_adam_without_recompiling_as_the_step_count_grows(monkeypatch):
+    """Under ``compile: step`` the update is compiled with the learning rate in a device tensor; the step
+    count and the bias correction are tensors too, so one graph serves every step."""
+    monkeypatch.setattr(torch._dynamo.config, "error_on_recompile", True)
+    torch.compiler.reset()
+    eager, compiled = (nn.Linear(4, 3) for _ in range(2))
+    compiled.load_state_dict(eager.state_dict())
+    optimizers = [build_optimizer(model, "adam", 0.002, 5e-4, momentum=0.9, nesterov=True, beta1=0.9, beta2=0.999)
+                  for model in (eager, compiled)]
+    step = static_compile(optimizers[1].step)
+    for t in range(1, 6):
+        for model, optimizer in zip((eager, compiled), optimizers):
+            set_lr(optimizer, 0.002 * t, as_tensor=optimizer is optimizers[1])
+            gradient = torch.Generator().manual_seed(t)
+            for parameter in model.parameters():
+                parameter.grad = torch.randn(parameter.shape, generator=gradient)
+        optimizers[0].step()
+        step()
+        for a, b in zip(eager.parameters(), compiled.parameters()):
+            assert torch.allclose(a, b, rtol=0, atol=1e-7)
+    assert float(optimizers[1].state[compiled.weight]["t"]) == 5.0
 
 
 @pytest.mark.parametrize("momentum, nesterov", [(0.9, True), (0.9, False), (0.5, True), (0.0, False)])
@@ -228,8 +252,6 @@ def test_invalid_variants_are_refused_in_one_line(params, changes, message):
 @pytest.mark.parametrize("train_changes, speed, message", [
     ({"optimizer": "adam"}, {"optimizer_impl": "fused"}, "invalid params: speed.optimizer_impl = 'fused' (selects "
      "SGD's implementation; train.optimizer = adam has one implementation: use foreach)"),
-    ({"optimizer": "adam"}, {"compile": "step"}, "invalid params: train.optimizer = 'adam' (not supported with "
-     "speed.compile = step (use model or none))"),
     ({"pseudo_labels_from": "ema"}, {"compile": "step"}, "invalid params: train.pseudo_labels_from = 'ema' (not "
      "supported with speed.compile = step (use model or none))"),
 ])

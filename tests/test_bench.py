@@ -92,8 +92,8 @@ def _measured(steps_per_s: float) -> dict:
 
 
 def test_a_gpu_report_has_the_option_ladder_failures_and_cta_against_ra():
-    ladder = [dict(label=label, **_measured(100.0 * (index + 1))) for index, (label, _) in enumerate(GPU_LADDER[:4])]
-    ladder.append({"label": GPU_LADDER[4][0], "error": "BackendCompilerFailed: boom"})
+    ladder = [dict(label=label, **_measured(100.0 * (index + 1))) for index, (label, _) in enumerate(GPU_LADDER[:5])]
+    ladder.append({"label": GPU_LADDER[5][0], "error": "BackendCompilerFailed: boom"})
     report = {"device": "NVIDIA H100", "device_type": "cuda", "reduced": False, "torch": "2.11", "cpu_cores": 16,
               "load_average_1min": 0.1, "results": [
                   {"config": "WRN-28-2 CIFAR-10 RandAugment", "settings": {}, "ratio": 8.0,
@@ -103,8 +103,8 @@ def test_a_gpu_report_has_the_option_ladder_failures_and_cta_against_ra():
     assert "| WRN-28-2 CIFAR-10 RandAugment | 30.00 ± 1.00 | 240.00 ± 1.00 | 8.00x | 1.0 | 2.5 |" in markdown
     assert "| WRN-28-2 CIFAR-10 CTAugment | — | 216.00 ± 1.00 | — | 1.0 | 2.5 |" in markdown
     assert "- WRN-28-2 CIFAR-10: CTAugment runs at 0.90 of RandAugment's steps/s." in markdown
-    assert "| + TF32 convolutions and matmuls (speed.tf32: not the paper protocol) | 200.00 ± 1.00 | 2.00x |" in markdown
-    assert "| + compile: model | 400.00 ± 1.00 | 4.00x | 1.0 | 2.5 |" in markdown
+    assert "| + TF32 convolutions and matmuls (speed.tf32: not the paper protocol) | 300.00 ± 1.00 | 3.00x |" in markdown
+    assert "| + compile: model | 500.00 ± 1.00 | 5.00x | 1.0 | 2.5 |" in markdown
     assert "| + compile: step | failed (see throughput.json) | — | — | — |" in markdown
     assert "compile: step" in markdown.split("\n")[5] and "not measured" not in markdown
 
@@ -141,6 +141,10 @@ def test_quick_timing_is_three_short_rounds_without_evaluations():
     assert (quick.name, quick.dataset, quick.method, quick.ladder) == (config.name, config.dataset, config.method, True)
 
 
+def test_the_ladders_start_from_the_paper_suites_speed_options(paper):
+    assert bench.PROTOCOL == paper.speed == GPU_LADDER[0][1] == bench.CPU_LADDER[0][1]
+
+
 def test_the_gpu_ladder_adds_one_option_at_a_time_and_labels_the_algorithm_changing_rung():
     options = [speed for _, speed in GPU_LADDER]
     assert options[0].compile == "none" and not options[0].autocast_bf16 and not options[0].tf32
@@ -165,6 +169,8 @@ def test_the_reduced_benchmark_runs_end_to_end_from_the_command_line(tmp_path):
     assert report["gpu_figures"] == "not measured" and report["reduced"]
     (row,) = report["results"]
     assert row["suite"]["steps_per_s"] > 0 and row["peers"]["steps_per_s"] > 0
+    assert row["peers"]["precision"] == {"cudnn_allow_tf32": True, "matmul_allow_tf32": False}  # as peers run
+    assert row["suite"]["speed_options"]["tf32"] is False  # the suite: IEEE float32 unless speed.tf32
     assert row["ratio"] == pytest.approx(row["suite"]["steps_per_s"] / row["peers"]["steps_per_s"])
     assert [rung["label"] for rung in row["ladder"]] == ["fp32 eager", "+ channels_last"]
     assert row["suite"]["steps_per_s"] == row["ladder"][0]["steps_per_s"] == row["protocol"]["steps_per_s"]

@@ -15,12 +15,10 @@ GPU's scarce minutes do.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import functools
 import os
 import time
-import warnings
 
 import pytest
 import torch
@@ -29,7 +27,7 @@ from augment_helpers import StepCase, every_op_cases, largest_difference, make_i
 from conftest import REPO
 from fixmatch_bench.bench import GPU_LADDER, BenchConfig, suite_step
 from fixmatch_bench.compose import compose_params
-from fixmatch_bench.core.config import validate_params
+from fixmatch_bench.core.config import Run, validate_params
 from fixmatch_bench.core.schema import SpeedOptions
 from fixmatch_bench.train.augment import tensor_ops
 from fixmatch_bench.train.augment.ctaugment import CTAugment
@@ -37,7 +35,7 @@ from fixmatch_bench.train.augment.weak import sample_weak
 from fixmatch_bench.train.run_log import RunLog
 from fixmatch_bench.train.speed import static_compile
 from fixmatch_bench.train.step import draw_batch, fixmatch_step
-from fixmatch_bench.train.trainer import Interrupted, StopRequest
+from fixmatch_bench.train.trainer import Interrupted, StopRequest, train
 from test_trainer import _assert_same_run, _final_state, _train, workspace  # noqa: F401 (the digits fixture)
 
 cuda = pytest.mark.cuda
@@ -182,7 +180,7 @@ def _steps(under_test, count: int, record_property) -> dict:
 def test_the_paper_step_under_the_protocols_settings(paper, network, dataset, augment, method, record_property):
     """fp32 eager, TF32 off: a few steps, the loss finite, an evaluation."""
     _steps(_under_test(paper, dataset, method, SpeedOptions()), 4, record_property)
-    assert torch.backends.cuda.matmul.fp32_precision == torch.backends.cudnn.conv.fp32_precision == "ieee"
+    assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
 
 
 @cuda
@@ -235,27 +233,6 @@ def test_peak_gpu_memory_at_the_paper_batch_and_the_evaluation_batch(paper, netw
 # ---------------------------------------------------------------- resume
 
 
-@contextlib.contextmanager
-def deterministic_algorithms(enabled: bool):
-    """``torch.use_deterministic_algorithms`` (warning, not raising, at an op without a deterministic
-    kernel) and cuDNN's deterministic mode; yields the names of the ops PyTorch warned about."""
-    flagged: set[str] = set()
-    previous = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic,
-                torch.backends.cudnn.benchmark)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        if enabled:
-            torch.use_deterministic_algorithms(True, warn_only=True)
-            torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
-        try:
-            yield flagged
-        finally:
-            torch.use_deterministic_algorithms(previous[0])
-            torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = previous[1], previous[2]
-            flagged.update(str(w.message).split(" does not have a deterministic")[0] for w in caught
-                           if "does not have a deterministic" in str(w.message))
-
-
 def _differences(workspace, a: str, b: str) -> list[str]:
     """The tensors of two runs' final states that differ, with the largest difference."""
     state_a, state_b = _final_state(workspace, a), _final_state(workspace, b)
@@ -273,22 +250,64 @@ def _differences(workspace, a: str, b: str) -> list[str]:
 @pytest.mark.parametrize("method", ["fixmatch_ra", "fixmatch_cta_da", "supervised"])
 def test_a_run_stopped_and_resumed_on_cuda_equals_the_uninterrupted_run(workspace, method, deterministic,
                                                                         record_property):
-    """12 steps straight, twice (run-to-run determinism), and stopped at step 5 then resumed."""
+    """12 steps straight, twice (run-to-run determinism), and stopped at step 5 then resumed.
+
+    With ``speed.deterministic`` (the paper suite's setting) both must be bit-identical; an op without a
+    deterministic kernel raises, naming itself. By default, CUDA kernels may be nondeterministic: when
+    two uninterrupted runs already differ, the resumed one cannot be held to them (xfail, recorded)."""
     params = copy.deepcopy(workspace[1])
     params["train"]["device"] = DEVICE.type
+    params["speed"]["deterministic"] = deterministic
     tag = f"cuda-{method}-{'deterministic' if deterministic else 'default'}"
-    with deterministic_algorithms(deterministic) as flagged:
-        straight = _train(workspace, f"{tag}/straight", method, params)
-        _train(workspace, f"{tag}/again", method, params)
-        with pytest.raises(Interrupted):
-            _train(workspace, f"{tag}/resumed", method, params, stop=StopRequest(after_step=5))
-        resumed = _train(workspace, f"{tag}/resumed", method, params)
+    straight = _train(workspace, f"{tag}/straight", method, params)
+    _train(workspace, f"{tag}/again", method, params)
+    with pytest.raises(Interrupted):
+        _train(workspace, f"{tag}/resumed", method, params, stop=StopRequest(after_step=5))
+    resumed = _train(workspace, f"{tag}/resumed", method, params)
     run_to_run = _differences(workspace, f"{tag}/straight", f"{tag}/again")
-    record_property("run to run: tensors that differ", len(run_to_run))
+    record_property("run to run: tensors that differ", "; ".join(run_to_run[:5]) or "none")
     record_property("resumed vs straight: tensors that differ", "; ".join(
         _differences(workspace, f"{tag}/straight", f"{tag}/resumed")[:5]) or "none")
-    record_property("ops without a deterministic kernel (PyTorch's warning)", ", ".join(sorted(flagged)) or "none")
+    if run_to_run and not deterministic:
+        pytest.xfail(f"{len(run_to_run)} tensors differ between two uninterrupted runs: nondeterministic CUDA "
+                     "kernels (speed.deterministic: true removes them)")
+    assert not run_to_run
     _assert_same_run(workspace, f"{tag}/straight", f"{tag}/resumed", straight, resumed)
+
+
+@cuda
+def test_a_runs_ema_weights_load_on_a_machine_without_a_gpu(workspace, tmp_path):
+    """models/<run>.pt holds CPU tensors: ``torch.load`` needs no ``map_location`` anywhere."""
+    params = copy.deepcopy(workspace[1])
+    params["train"]["device"] = DEVICE.type
+    root = workspace[0]
+    train({**params, "checkpoints": {"dir": str(tmp_path / "checkpoints"), "keep_finished": False}},
+          Run("digits", 20, "supervised", 1), root / "prepared/digits", root / "splits/digits_20-1.json",
+          tmp_path / "results", progress=False, model_path=tmp_path / "model.pt")
+    weights = torch.load(tmp_path / "model.pt", weights_only=True)
+    assert weights and all(tensor.device.type == "cpu" for tensor in weights.values())
+
+
+# ---------------------------------------------------------------- compile modes
+
+
+COMPILE_MODES = [("default", False), ("reduce-overhead", False), ("max-autotune", True),
+                 ("max-autotune-no-cudagraphs", True)]
+
+
+@cuda
+@pytest.mark.parametrize("mode,tf32", COMPILE_MODES, ids=[f"{mode}{'-tf32' if tf32 else ''}" for mode, tf32 in COMPILE_MODES])
+def test_ten_steps_of_fixmatch_cta_da_compiled_whole_in_each_compile_mode(paper, mode, tf32, record_property):
+    """``compile: step`` (loss, backward, SGD, EMA; CTAugment probes and distribution alignment around them)
+    in every compile mode, CUDA graphs and autotuning included, with TF32 where Inductor autotunes (it reads
+    ``torch.get_float32_matmul_precision``). A small network keeps autotuning short; the graphs' structure
+    is the paper networks'."""
+    config = BenchConfig(f"compile {mode}", "cifar10", "fixmatch_cta_da", train={"batch": 16},
+                         network={"filters": 16, "scales": 2, "repeat": 1}, train_size=512, test_size=512)
+    options = SpeedOptions(compile="step", compile_mode=mode, tf32=tf32)
+    under_test = suite_step(config, paper, DEVICE, options)
+    _steps(under_test, 10, record_property)
+    assert under_test.state.step == 10
 
 
 # ---------------------------------------------------------------- the paper step under each speed option

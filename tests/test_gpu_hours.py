@@ -31,10 +31,12 @@ def _measured(options: SpeedOptions, steps_per_s: float, label: str) -> dict:
 
 def test_each_run_is_projected_from_its_own_workloads_figures_only(paper):
     ra = gpu_hours.workload(paper, Run("cifar10", 40, "fixmatch_ra", 1))
-    report = {"device_type": "cuda", "results": [{"workload": ra, "ladder": [
-        _measured(SpeedOptions(), 10.0, "fp32 eager"),
-        _measured(SpeedOptions(compile="step"), 40.0, "+ compile: step"),
-        _measured(SpeedOptions(compile="step", weak_no_grad=True), 100.0, "weak_no_grad")]}]}
+    ladder = [_measured(SpeedOptions(deterministic=True), 10.0, "fp32 eager, deterministic"),
+              _measured(SpeedOptions(), 12.0, "+ nondeterministic kernels"),
+              _measured(SpeedOptions(compile="step"), 40.0, "+ compile: step"),
+              _measured(SpeedOptions(compile="step", weak_no_grad=True), 100.0, "weak_no_grad")]
+    report = {"device_type": "cuda", "protocol_options": paper.speed.model_dump(),
+              "results": [{"workload": ra, "ladder": ladder}]}
     costs = {cost.workload: cost for cost in gpu_hours.project(paper, all_runs(paper), report)}
     ra_runs = 6 * 5  # CIFAR-10 and SVHN at three label counts each, five folds
     assert costs[ra].runs == ra_runs and costs[ra].steps == ra_runs * 2**20

@@ -198,12 +198,12 @@ def _series(out, name: str) -> list[float]:
         return [float(row[name.split("/")[-1]]) for row in csv.DictReader(handle, delimiter="\t")]
 
 
-def _run(workspace, out: str, **speed) -> tuple[dict, list[float], list[float]]:
+def _run(workspace, out: str, method: str = "fixmatch_ra", **speed) -> tuple[dict, list[float], list[float]]:
     root, params = workspace
     params = copy.deepcopy(params)
     params["speed"].update(speed)
     validate_params(params)
-    metrics = train(params, Run("digits", 20, "fixmatch_ra", 1), root / "prepared/digits",
+    metrics = train(params, Run("digits", 20, method, 1), root / "prepared/digits",
                     root / "splits/digits_20-1.json", root / out, progress=False)
     return metrics, _series(root / out, "train/loss"), _series(root / out, "eval/error")
 
@@ -221,12 +221,43 @@ def _mean_abs_delta(a: list[float], b: list[float]) -> float:
 def test_tf32_is_set_off_unless_asked_for_and_each_run_records_the_setting(workspace, reference_run):
     """PyTorch's default lets cuDNN convolutions use TF32; a run sets IEEE float32 unless speed.tf32."""
     set_float32_precision(SpeedOptions(tf32=True))
-    assert (torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision) == ("tf32", "tf32")
+    assert _precision_settings()[:3] == (True, True, "high")
     metrics, _, _ = reference_run
     root, _ = workspace
     assert metrics["tf32"] is False and json.loads((root / "reference/metrics.json").read_text())["tf32"] is False
     _run(workspace, "tf32_off_again")  # a run with the default sets IEEE again, whatever the process did before
-    assert (torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision) == ("ieee", "ieee")
+    assert _precision_settings()[:3] == (False, False, "highest")
+
+
+def test_deterministic_kernels_compute_on_the_cpu_exactly_what_the_default_computes(workspace):
+    """Every kernel a run uses on the CPU is deterministic already: ``speed.deterministic`` (on for the
+    paper suite) raises at none of them and changes nothing (CTAugment's update and distribution alignment
+    included); on CUDA make gpu-check tests its effect."""
+    metrics, losses, errors = _run(workspace, "deterministic", "fixmatch_cta_da", deterministic=True)
+    assert torch.are_deterministic_algorithms_enabled() and torch.backends.cudnn.deterministic
+    reference, reference_losses, reference_errors = _run(workspace, "default", "fixmatch_cta_da")
+    assert not torch.are_deterministic_algorithms_enabled() and not torch.backends.cudnn.deterministic
+    assert (losses, errors, metrics["error"]) == (reference_losses, reference_errors, reference["error"])
+
+
+def _precision_settings() -> tuple:
+    """Every getter of PyTorch's float32 precision API, legacy and new; each raises if the API was left
+    in a mixed state (Inductor's max-autotune reads ``get_float32_matmul_precision``)."""
+    return (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
+            torch.get_float32_matmul_precision(), torch.backends.fp32_precision,
+            torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.fp32_precision,
+            torch.backends.cudnn.conv.fp32_precision, torch.backends.cudnn.rnn.fp32_precision,
+            torch.backends.mkldnn.fp32_precision)
+
+
+@pytest.mark.parametrize("order", [(True, False), (False, True), (True, True)])
+def test_every_precision_getter_stays_readable_after_each_tf32_setting(order):
+    for tf32 in order:
+        set_float32_precision(SpeedOptions(tf32=tf32))
+        settings = _precision_settings()
+        assert settings[:3] == ((True, True, "high") if tf32 else (False, False, "highest"))
+        assert settings[4] == ("tf32" if tf32 else "ieee")  # the new API agrees with the legacy flags
+    set_float32_precision(SpeedOptions())
 
 
 def test_channels_last_training_follows_the_reference_trajectory(workspace, reference_run):

@@ -1,6 +1,7 @@
 """Real training on tiny data: resume equals never stopping, SIGTERM, NaN, checkpoints keyed by settings."""
 
 import copy
+import dataclasses
 import json
 import os
 import shutil
@@ -13,9 +14,12 @@ import torch
 import yaml
 
 from conftest import REPO, digits_workspace, wait_for_lines
-from fixmatch_bench.core.config import Run
-from fixmatch_bench.train.checkpoint import CheckpointError, RunLock
-from fixmatch_bench.train.trainer import Interrupted, NonFiniteLoss, StopRequest, train
+from fixmatch_bench.core.config import ParamsError, Run, validate_params
+from fixmatch_bench.train.checkpoint import CheckpointError, RunLock, run_checkpoint_dir
+from fixmatch_bench.train.run_data import load_run_data
+from fixmatch_bench.train.state import _global_rng_states, _set_global_rng_states
+from fixmatch_bench.train.trainer import (Interrupted, NonFiniteLoss, StopRequest, fingerprint, resolve_device,
+                                          train)
 
 TINY = {"steps": 12, "batch": 4, "uratio": 2, "eval_every": 4, "median_of_last": 2, "eval_batch": 256,
         "log_every": 2, "checkpoint_every": 4, "ema": 0.9}
@@ -216,3 +220,41 @@ def test_an_unwritable_checkpoint_or_output_location_is_refused_in_one_line_befo
     assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
     assert done.stderr.startswith("error: ") and "is not writable" in done.stderr and str(base / blocked) in done.stderr
     assert "%" not in done.stdout  # no progress: refused before training
+
+
+def test_a_checkpoint_resumes_only_on_the_device_type_it_was_made_on(workspace):
+    """CPU and CUDA generators hold different kinds of state: the device type is part of the fingerprint,
+    so a run on another device type gets its own checkpoint folder (simulated with the meta device)."""
+    root, params = workspace
+    typed, run = validate_params(params), Run("digits", 20, "fixmatch_ra", 1)
+    data = load_run_data(root / "prepared/digits", root / "splits/digits_20-1.json", torch.device("cpu"))
+    on_cpu = fingerprint(typed, run, data)
+    elsewhere = fingerprint(typed, run, dataclasses.replace(data, test_images=data.test_images.to("meta")))
+    assert (on_cpu["device"], elsewhere["device"]) == ("cpu", "meta")
+    assert run_checkpoint_dir(root, run.key, on_cpu) != run_checkpoint_dir(root, run.key, elsewhere)
+
+
+def test_the_global_random_states_resume_with_fewer_visible_gpus(monkeypatch):
+    """A checkpoint saved with 4 visible GPUs restores the states of the devices visible now (simulated)."""
+    saved = _global_rng_states()
+    saved["cuda"] = [torch.full((16,), index, dtype=torch.uint8) for index in range(4)]
+    restored = []
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, index: restored.append((index, int(state[0]))))
+    _set_global_rng_states(saved)
+    assert restored == [(0, 0), (1, 1)]
+
+
+def test_a_device_the_run_cannot_use_is_refused_in_one_line_before_any_work(params, monkeypatch):
+    cuda = copy.deepcopy(params)
+    cuda["train"]["device"] = "cuda"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ParamsError, match=r"^invalid params: train.device = 'cuda' \(no CUDA device is available"):
+        resolve_device(validate_params(cuda))
+    reference = copy.deepcopy(params)
+    reference["train"]["device"], reference["augment"]["impl"] = "auto", "reference"
+    assert resolve_device(validate_params(reference)).type == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a machine with a GPU, simulated
+    with pytest.raises(ParamsError, match=r"^invalid params: augment.impl = 'reference' \(per-image PIL runs on the "
+                                          r"CPU only, and train.device resolves to cuda here"):
+        resolve_device(validate_params(reference))

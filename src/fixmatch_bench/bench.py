@@ -75,7 +75,8 @@ from .train.step import Drawn, StepParams, draw_batch, fixmatch_step
 GPU_SPEED = SpeedOptions(channels_last=True, autocast_bf16=True, compile="step", compile_augment=True)
 # (label, options): the suite's pipeline with each speed option added in turn.
 GPU_LADDER: tuple[tuple[str, SpeedOptions], ...] = (
-    ("fp32 eager (TF32 off, as the paper protocol)", SpeedOptions()),
+    ("fp32 eager, deterministic kernels (the paper suite's settings)", SpeedOptions(deterministic=True)),
+    ("+ nondeterministic kernels allowed (speed.deterministic: false)", SpeedOptions()),
     ("+ TF32 convolutions and matmuls (speed.tf32: not the paper protocol)", SpeedOptions(tf32=True)),
     ("fp32 + bf16 autocast + channels_last", SpeedOptions(channels_last=True, autocast_bf16=True)),
     ("+ compile: model", GPU_SPEED.model_copy(update={"compile": "model", "compile_augment": False})),
@@ -86,9 +87,11 @@ GPU_LADDER: tuple[tuple[str, SpeedOptions], ...] = (
 )
 # On CPU the ladder has only the options that need no compiler time (it runs in CI).
 CPU_LADDER: tuple[tuple[str, SpeedOptions], ...] = (
-    ("fp32 eager", SpeedOptions()),
-    ("+ channels_last", SpeedOptions(channels_last=True)),
+    ("fp32 eager", SpeedOptions(deterministic=True)),
+    ("+ channels_last", SpeedOptions(channels_last=True, deterministic=True)),
 )
+# The paper suite's speed options (conf/suite/paper.yaml), the first rung of each ladder.
+PROTOCOL = GPU_LADDER[0][1]
 
 
 @dataclass(frozen=True)
@@ -246,8 +249,10 @@ def worker_split(workers: int) -> tuple[int, int]:
 
 
 def peers_step(config: BenchConfig, paper: Params, device: torch.device, workers: int) -> StepUnderTest:
-    """Pipeline (a): per-image PIL RandAugment in DataLoader workers feeding :func:`fixmatch_step`, fp32 eager."""
+    """Pipeline (a): per-image PIL RandAugment in DataLoader workers feeding :func:`fixmatch_step`, fp32 eager
+    under PyTorch's default precision, as the peers run: cuDNN convolutions may use TF32, matmuls do not."""
     under_test = suite_step(config, paper, device, SpeedOptions())
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = True, False  # PyTorch's defaults
     state, hp, hyper = under_test.state, under_test.hp, under_test.params.train
     facts = under_test.params.datasets[config.dataset]
     data = random_data(config, facts, torch.device("cpu"))
@@ -303,8 +308,10 @@ def _summary(rounds: list[float]) -> dict[str, Any]:
 
 def measure_peers(config: BenchConfig, paper: Params, device: torch.device, workers: int) -> dict[str, Any]:
     """Pipeline (a): steps/s (median over rounds, with their spread)."""
-    return {**_summary(timed_rounds(config, peers_step(config, paper, device, workers))),
-            "workers": sum(worker_split(workers))}
+    rounds = timed_rounds(config, peers_step(config, paper, device, workers))
+    return {**_summary(rounds), "workers": sum(worker_split(workers)),
+            "precision": {"cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
+                          "matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32}}
 
 
 def _breakdown(config: BenchConfig, under_test: StepUnderTest) -> dict[str, float]:
@@ -366,7 +373,7 @@ def run_benchmark(device: torch.device | None = None, reduced: bool | None = Non
     reduced = device.type != "cuda" if reduced is None else reduced
     workers = workers or os.cpu_count() or 1
     cuda = device.type == "cuda"
-    speed, ladder = (GPU_SPEED, GPU_LADDER) if cuda else (SpeedOptions(), CPU_LADDER)
+    speed, ladder = (GPU_SPEED, GPU_LADDER) if cuda else (PROTOCOL, CPU_LADDER)
     load_average = os.getloadavg()[0]  # other processes on the host skew every figure
     keep_freed_memory()  # as the trainer does
     paper = validate_params(compose_params(["suite=paper"]))
@@ -387,8 +394,8 @@ def run_benchmark(device: torch.device | None = None, reduced: bool | None = Non
             for label, options in ladder:
                 measured[options] = measure(label, options)
                 row["ladder"].append(dict(label=label, **measured[options]))
-        row["protocol"] = measured.get(SpeedOptions()) or measure("protocol (fp32 eager)", SpeedOptions())
-        measured[SpeedOptions()] = row["protocol"]
+        row["protocol"] = measured.get(PROTOCOL) or measure("the paper suite's settings", PROTOCOL)
+        measured[PROTOCOL] = row["protocol"]
         row["suite"] = measured.get(speed) or measure("suite", speed)
         if config.peers:
             row["peers"] = _attempt(f"{config.name}: (a) peers", lambda: measure_peers(config, paper, device, workers),
@@ -397,6 +404,7 @@ def run_benchmark(device: torch.device | None = None, reduced: bool | None = Non
                 row["ratio"] = row["suite"]["steps_per_s"] / row["peers"]["steps_per_s"]
         results.append(row)
     report = {"device": device_name(device), "device_type": device.type, "reduced": reduced, "quick": quick,
+              "protocol_options": PROTOCOL.model_dump(),
               "torch": torch.__version__, "cpu_cores": os.cpu_count(), "load_average_1min": load_average,
               "results": results}
     report["paper_suite"] = gpu_hours.summary(gpu_hours.project(paper, all_runs(paper), report))
@@ -448,9 +456,11 @@ def render_markdown(report: dict[str, Any]) -> str:
              "`fixmatch_step`, built from the paper suite's params) on random uint8 data of the dataset's shape; "
              f"{'no evaluation inside the timed rounds (quick timing)' if report.get('quick') else 'periodic EMA evaluation included'}. "
              "Steps/s: median over the rounds ± their standard deviation.",
-             "(a) peers: per-image PIL RandAugment in DataLoader workers (one per core), fp32 eager. "
+             "(a) peers: per-image PIL RandAugment in DataLoader workers (one per core), fp32 eager under "
+             "PyTorch's default precision (cuDNN convolutions may use TF32, matmuls do not), as the peers run. "
              "(b) suite: uint8 data on the device, `draw_batch` (batched per-sample augmentation)"
-             f"{', channels_last + bf16 autocast + compile: step + compile_augment' if gpu else ' (speed options off on CPU)'}.",
+             f"{', channels_last + bf16 autocast + compile: step + compile_augment (IEEE float32 outside autocast)' if gpu else ' (speed options off on CPU)'}; "
+             "the protocol's settings are the paper suite's (fp32 eager, TF32 off, deterministic kernels).",
              "",
              "| configuration | (a) peers steps/s | (b) suite steps/s | ratio b/a | batch ms | update ms | "
              "(b) at the protocol's settings |",

@@ -106,6 +106,7 @@ class SpeedOptions(Block):
     optimizer_impl: Literal["for_loop", "foreach", "fused"] = "foreach"
     weak_no_grad: bool = False
     tf32: bool = False
+    deterministic: bool = False
 
     def fingerprint(self) -> dict[str, Any]:
         """The options that change results beyond float rounding (resume only with the same ones)."""

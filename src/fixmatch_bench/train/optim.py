@@ -40,23 +40,28 @@ class TFAdam(torch.optim.Optimizer):
     def __init__(self, params: list[dict], lr: float, beta1: float, beta2: float) -> None:
         super().__init__(params, {"lr": lr, "beta1": beta1, "beta2": beta2, "eps": 1e-4 if beta2 == 0 else 1e-8,
                                   "weight_decay": 0.0})
+        for group in self.param_groups:  # TF creates the slots with the variables: no first-step branch
+            for parameter in group["params"]:
+                self.state[parameter].update(t=torch.zeros((), dtype=parameter.dtype, device=parameter.device),
+                                             m=torch.zeros_like(parameter), v=torch.zeros_like(parameter))
 
     @torch.no_grad()
     def step(self, closure: None = None) -> None:
+        """One update. The step count and the bias correction are 0-d tensors on the parameter's
+        device, and a tensor learning rate (``set_lr(as_tensor=True)``) is used as a tensor: no host
+        synchronisation, and a compiled step does not recompile as the count grows."""
         for group in self.param_groups:
-            beta1, beta2, eps, decay = group["beta1"], group["beta2"], group["eps"], group["weight_decay"]
+            beta1, beta2, eps, decay, lr = group["beta1"], group["beta2"], group["eps"], group["weight_decay"], group["lr"]
             for parameter in group["params"]:
                 if parameter.grad is None:
                     continue
                 gradient = parameter.grad.add(parameter, alpha=decay) if decay else parameter.grad
                 state = self.state[parameter]
-                if not state:
-                    state.update(step=0, m=torch.zeros_like(parameter), v=torch.zeros_like(parameter))
-                state["step"] += 1
+                step = state["t"].add_(1)
                 state["m"].mul_(beta1).add_(gradient, alpha=1 - beta1)
                 state["v"].mul_(beta2).addcmul_(gradient, gradient, value=1 - beta2)
-                scale = math.sqrt(1 - beta2 ** state["step"]) / (1 - beta1 ** state["step"])
-                parameter.addcdiv_(state["m"], state["v"].sqrt().add_(eps), value=-group["lr"] * scale)
+                step_size = lr * torch.sqrt(1 - torch.pow(beta2, step)) / (1 - torch.pow(beta1, step))
+                parameter.addcdiv_(state["m"] * -step_size, state["v"].sqrt().add_(eps))
 
 
 def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float, *, momentum: float,

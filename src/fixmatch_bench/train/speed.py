@@ -18,9 +18,10 @@ on CUDA it is PyTorch's own default). The others trade exactness for speed:
   backward), the SGD step (with the learning rate held in a device tensor, so
   that the cosine schedule does not recompile it) and the EMA update; the
   evaluation and probe forwards are compiled as with ``model``. With
-  ``compile_mode: reduce-overhead`` on CUDA the compiled pieces replay as CUDA
-  graphs. What stays eager: augmentation (see ``compile_augment``),
-  ``loss.backward()``'s call and the DDP buffer broadcast.
+  ``compile_mode: reduce-overhead`` (or ``max-autotune``) on CUDA the forward
+  and backward passes replay as CUDA graphs, each step marked as one iteration
+  (:class:`StepFunctions`). What stays eager: augmentation (see
+  ``compile_augment``), ``loss.backward()``'s call and the DDP buffer broadcast.
 - ``compile_augment``: ``torch.compile`` (``fullgraph``, no CUDA graphs: the
   views are kept across calls) of the batched augmentation ops in their dense
   form, every op computed for the whole batch and selected per sample: one
@@ -37,6 +38,14 @@ on CUDA it is PyTorch's own default). The others trade exactness for speed:
   Off by default, and then set off explicitly: PyTorch's own default lets cuDNN
   convolutions use TF32, where the official TensorFlow 1.x code ran float32
   (docs/protocol.md §10). Part of a run's fingerprint and recorded in its metrics.
+- ``deterministic``: on CUDA, only deterministic kernels
+  (``torch.use_deterministic_algorithms``, which raises at an op that has none,
+  cuDNN's deterministic convolution algorithms, a fixed cuBLAS workspace): the
+  reductions that otherwise use atomic adds (CTAugment's rate update,
+  ``index_add_``; the histograms' ``scatter_add_`` are integer and exact either
+  way) run in a fixed order, so a rerun, a resumed run and every DDP rank compute
+  bit for bit the same. On for the paper suite. On the CPU every kernel used is
+  deterministic already.
 - ``weak_no_grad``: ALGORITHM-CHANGING. The weak view goes through the
   network in its own forward pass under ``no_grad`` instead of the one
   concatenated pass: BatchNorm normalises the weak images with their own batch
@@ -55,6 +64,7 @@ turn off.
 from __future__ import annotations
 
 import functools
+import os
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -87,10 +97,24 @@ class FastForward(nn.Module):
 
 
 def set_float32_precision(options: SpeedOptions) -> None:
-    """IEEE float32 (the default) or TF32 for CUDA matmuls and cuDNN convolutions, process-wide."""
-    precision = "tf32" if options.tf32 else "ieee"
-    torch.backends.cuda.matmul.fp32_precision = precision
-    torch.backends.cudnn.conv.fp32_precision = precision
+    """IEEE float32 (the default) or TF32 for CUDA matmuls and cuDNN convolutions, process-wide.
+
+    Through the ``allow_tf32`` flags: PyTorch keeps every getter of its precision API readable
+    after them, legacy and new (``fp32_precision``) alike. Setting the new API per backend
+    instead leaves the legacy getters raising "a mix of the legacy and new APIs", among them
+    ``torch.get_float32_matmul_precision()``, which Inductor's autotuning reads.
+    """
+    torch.backends.cuda.matmul.allow_tf32 = options.tf32
+    torch.backends.cudnn.allow_tf32 = options.tf32
+
+
+def set_determinism(options: SpeedOptions) -> None:
+    """Deterministic kernels only (``speed.deterministic``), or PyTorch's defaults, process-wide."""
+    if options.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read when cuBLAS starts: before any matmul
+    torch.use_deterministic_algorithms(options.deterministic)
+    torch.backends.cudnn.deterministic = options.deterministic
+    torch.backends.cudnn.benchmark = False
 
 
 def prepare_model(model: nn.Module, options: SpeedOptions) -> nn.Module:
@@ -179,19 +203,41 @@ class StepFunctions:
 
     ``loss`` has :func:`~fixmatch_bench.train.fixmatch.fixmatch_loss`'s signature;
     ``optimizer_step()`` is ``optimizer.step()``; ``ema_update(model)`` is
-    ``ema.update(model)``. The loop calls ``loss``, ``backward``, ``optimizer_step``,
-    (the DDP buffer broadcast) and ``ema_update``, in that order.
+    ``ema.update(model)``. The loop calls ``begin_step``, ``loss``, ``backward``,
+    ``optimizer_step``, (the DDP buffer broadcast) and ``ema_update``, in that order.
+
+    With CUDA graphs (``compile_mode`` reduce-overhead or max-autotune), ``begin_step`` marks
+    the start of an iteration for PyTorch's CUDA-graph trees
+    (``torch.compiler.cudagraph_mark_step_begin``), so that a step's graphs may reuse the
+    previous step's memory, and only the forward and backward replay as graphs: the optimizer
+    and EMA updates are compiled without them (their mode's no-CUDA-graph twin). They mutate
+    the weights in place and read the gradients, the graph outputs most exposed to being
+    overwritten by a later replay; fused by Inductor they are a handful of kernels anyway.
     """
 
     loss: Callable
     optimizer_step: Callable[[], Any]
     ema_update: Callable[[nn.Module], None]
+    begin_step: Callable[[], None] = lambda: None
 
     @classmethod
     def build(cls, loss: Callable, optimizer: torch.optim.Optimizer, ema_update: Callable[[nn.Module], None],
               options: SpeedOptions) -> StepFunctions:
         if options.compile != "step":
-            return cls(loss, optimizer.step, ema_update)
-        mode, option = options.compile_mode, compile_option(options)
-        return cls(*(guarded(static_compile(function, mode), option)
-                     for function in (loss, optimizer.step, ema_update)))
+            return cls(loss, optimizer.step, ema_update, _step_marker(options))
+        option = compile_option(options)
+        updates = WITHOUT_CUDA_GRAPHS.get(options.compile_mode, options.compile_mode)
+        return cls(guarded(static_compile(loss, options.compile_mode), option),
+                   guarded(static_compile(optimizer.step, updates), option),
+                   guarded(static_compile(ema_update, updates), option), _step_marker(options))
+
+
+# Each compile mode that replays CUDA graphs, and the same mode without them.
+WITHOUT_CUDA_GRAPHS = {"reduce-overhead": "default", "max-autotune": "max-autotune-no-cudagraphs"}
+
+
+def _step_marker(options: SpeedOptions) -> Callable[[], None]:
+    """``torch.compiler.cudagraph_mark_step_begin`` where compiled pieces replay as CUDA graphs."""
+    if options.compile != "none" and options.compile_mode in WITHOUT_CUDA_GRAPHS:
+        return torch.compiler.cudagraph_mark_step_begin
+    return lambda: None

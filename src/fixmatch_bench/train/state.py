@@ -25,7 +25,7 @@ from .fixmatch import fixmatch_loss
 from .optim import build_optimizer
 from .run_data import RunData
 from .sampling import IndexStream
-from .speed import StepFunctions, fast_forward, prepare_model, set_float32_precision
+from .speed import StepFunctions, fast_forward, prepare_model, set_determinism, set_float32_precision
 from .wide_resnet import WideResNet
 
 
@@ -82,6 +82,7 @@ def build_state(params: Params, run: Run, data: RunData, device: torch.device, w
     random.seed(seed)
     np.random.seed(seed)
     set_float32_precision(speed)
+    set_determinism(speed)
     if speed.compiles:
         torch.compiler.reset()  # compile afresh: the same graphs whether this process trained other runs or not
     model = WideResNet(num_classes=facts.num_classes, in_channels=facts.channels, **facts.network.kwargs()).to(device)
@@ -133,5 +134,7 @@ def _set_global_rng_states(state: dict) -> None:
     random.setstate((3, tuple(state["python"]), None))
     np.random.set_state(("MT19937", state["numpy"]["keys"].numpy(), state["numpy"]["pos"], 0, 0.0))
     torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    # Each visible device's own state, however many were visible when it was saved (a run resumes with
+    # another GPU count; training draws from its own generators, not from these).
+    for index, device_state in enumerate(state["cuda"][:torch.cuda.device_count()]):
+        torch.cuda.set_rng_state(device_state, index)

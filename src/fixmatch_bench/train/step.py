@@ -101,6 +101,7 @@ def fixmatch_step(state: TrainState, drawn: Drawn, hp: StepParams, world: World 
     under the mean-teacher ablation), SGD at the step's cosine learning rate, BN statistics from
     rank 0, the EMA, then the distribution-alignment buffer and CTAugment's rates. Returns the
     loss's logs (device tensors, no host sync) and the learning rate."""
+    state.functions.begin_step()
     lr = scheduled_lr(hp.lr_schedule, hp.lr, hp.lr_end, state.step, hp.steps)
     set_lr(state.optimizer, lr, as_tensor=hp.lr_as_tensor)
     align = state.alignment.align if state.alignment is not None else None

@@ -22,7 +22,7 @@ from typing import Iterator
 
 import torch
 
-from ..core.config import Run, validate_params
+from ..core.config import ParamsError, Run, validate_params
 from ..core.schema import Params
 from ..core.progress import progress as progress_bar
 from ..core.stage import require_writable
@@ -83,12 +83,16 @@ def stop_on_signals(request: StopRequest) -> Iterator[StopRequest]:
             signal.signal(sig, old)
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def resolve_device(params: Params) -> torch.device:
+    """``train.device`` on this machine, refused in one line before any work where the run cannot use it."""
+    name = params.train.device
     if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("train.device = 'cuda' but no CUDA device is available; use train.device=cpu or auto")
-    return torch.device(name)
+        raise ParamsError("invalid params: train.device = 'cuda' (no CUDA device is available here: use cpu or auto)")
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name)
+    if device.type == "cuda" and params.augment.impl == "reference":
+        raise ParamsError("invalid params: augment.impl = 'reference' (per-image PIL runs on the CPU only, and "
+                          "train.device resolves to cuda here: use augment.impl=batched, or train.device=cpu)")
+    return device
 
 
 def fingerprint(params: Params, run: Run, data: RunData) -> dict:
@@ -103,6 +107,9 @@ def fingerprint(params: Params, run: Run, data: RunData) -> dict:
         "speed": params.speed.fingerprint(),
         "dataset_sha256": data.dataset_sha256,
         "split_sha256": data.split_sha256,
+        # A checkpoint resumes on the device type it was made on: the generators' states differ in kind
+        # (CPU Mersenne Twister, CUDA Philox), so a run on another device type starts over.
+        "device": data.test_images.device.type,
     }
     if method.unlabeled:
         result["threshold"] = params.threshold
@@ -130,7 +137,7 @@ def train(params: Params | Mapping, run: Run, data_dir: Path, split_path: Path, 
         require_writable(out_dir, "the run's output folder")
         if model_path is not None:
             require_writable(model_path.parent, "the model folder")
-    device = world.place(resolve_device(params.train.device))
+    device = world.place(resolve_device(params))
     data = load_run_data(data_dir, split_path, device)
     run_fingerprint = fingerprint(params, run, data)
     checkpoint_dir = run_checkpoint_dir(root, run.key, run_fingerprint)
@@ -236,8 +243,8 @@ def _metrics(params: Params, run: Run, data: RunData, log: RunLog, wall_time: fl
 
 
 def write_outputs(out_dir: Path, metrics: dict, ema_weights: dict, model_path: Path | None) -> None:
-    """``metrics.json`` (the :data:`RECORDED` fields) and the EMA weights."""
+    """``metrics.json`` (the :data:`RECORDED` fields) and the EMA weights, on the CPU (they load anywhere)."""
     if model_path is not None:
-        save_atomically(model_path, ema_weights)
+        save_atomically(model_path, {name: tensor.detach().cpu() for name, tensor in ema_weights.items()})
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / METRICS_FILE).write_text(json.dumps({key: metrics[key] for key in RECORDED}, indent=2) + "\n")
