@@ -3,7 +3,7 @@ SHELL := /bin/bash
 export DVC_NO_ANALYTICS := 1
 UV ?= $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
 
-.PHONY: quick test install uv params baseline bench paper gpu-check gpu-wheels
+.PHONY: quick test test-isolation install uv params baseline bench paper gpu-check gpu-wheels
 
 quick: install  ## install everything, run the DVC pipeline (quick suite), fail if its check failed
 	$(UV) run dvc repro
@@ -16,6 +16,9 @@ TEST_WORKERS ?= 2
 
 test: install  ## run the test suite
 	$(UV) run pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=20  # the 20 slowest tests, to keep `make test` under 10 minutes
+
+test-isolation: install  ## every test file alone, single tests of module-fixture files alone, then all in reverse order
+	$(UV) run python tests/isolation.py
 
 install: uv  ## the locked environment (uv.lock) in .venv
 	$(UV) sync --frozen --compile-bytecode  # .pyc up front: each stage starts a fresh python (PYTHONDONTWRITEBYTECODE may be set)

@@ -76,9 +76,17 @@ def digits_workspace(root: Path, train: dict) -> tuple[Path, dict]:
     return root, params
 
 
+def pytest_addoption(parser):
+    parser.addoption("--reverse", action="store_true",
+                     help="run the tests in reverse order: each must build what it needs (make test-isolation)")
+
+
 def pytest_collection_modifyitems(config, items):
-    """``cuda`` tests skip with the reason where no CUDA device exists (``make test`` here)."""
+    """``--reverse`` reverses the order; ``cuda`` tests skip with the reason where no CUDA device exists."""
     import torch
+
+    if config.getoption("--reverse"):
+        items.reverse()
 
     if torch.cuda.is_available() or os.environ.get("FIXMATCH_CUDA_TESTS_DEVICE") == "cpu":  # a rehearsal on the CPU
         return
