@@ -21,9 +21,11 @@ def main() -> None:
     dataset_name, labels = parse_cell(args.cell, params.datasets)
     dataset = load_prepared(args.prepared / dataset_name)
     facts = params.datasets[dataset_name]
-    if len(dataset.train_labels) != facts.train_size:
-        raise ValueError(f"prepared {dataset_name} has {len(dataset.train_labels)} training images, "
-                         f"but datasets.{dataset_name}.train_size is {facts.train_size}")
+    unlabeled = 0 if dataset.unlabeled_images is None else len(dataset.unlabeled_images)
+    if (len(dataset.train_labels), unlabeled) != (facts.train_size, facts.unlabeled_size):
+        raise ValueError(f"prepared {dataset_name} has {len(dataset.train_labels)} training and {unlabeled} extra "
+                         f"unlabeled images, but datasets.{dataset_name} has train_size {facts.train_size} and "
+                         f"unlabeled_size {facts.unlabeled_size}")
     split = make_split(dataset, labels, args.fold)
     write_split(split, args.out)
     print(f"split {args.cell} fold {args.fold}: {split['source']}, per class {split['class_histogram']}")

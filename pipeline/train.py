@@ -14,10 +14,12 @@ from pathlib import Path
 
 from fixmatch_bench.core.config import load_params, parse_run, run_params
 from fixmatch_bench.core.stage import end_with_dvc, refuse_training_if_switched_off, run_stage
+from fixmatch_bench.train.budget import refuse_unaffordable
 from fixmatch_bench.train.checkpoint import CheckpointError
 from fixmatch_bench.train.distributed import launch
 from fixmatch_bench.train.speed import SpeedOptionFailed
-from fixmatch_bench.train.trainer import Interrupted, NonFiniteLoss, StopRequest, stop_on_signals, train
+from fixmatch_bench.train.trainer import (Interrupted, NonFiniteLoss, StopRequest, resolve_device, stop_on_signals,
+                                          train)
 
 
 def main() -> int:
@@ -36,6 +38,7 @@ def main() -> int:
     refuse_training_if_switched_off(run.key)
     end_with_dvc()
     with launch(params.train.device) as world, stop_on_signals(StopRequest()) as stop:
+        refuse_unaffordable(params, run, world.place(resolve_device(params)), world.world_size)
         try:
             metrics = train(params, run, args.prepared / run.dataset, args.splits / f"{run.cell}-{run.fold}.json",
                             args.results / run.key, stop=stop, world=world, model_path=args.models / f"{run.key}.pt")

@@ -32,6 +32,7 @@ from fixmatch_bench.core.schema import SpeedOptions
 from fixmatch_bench.train.augment import tensor_ops
 from fixmatch_bench.train.augment.ctaugment import CTAugment
 from fixmatch_bench.train.augment.weak import sample_weak
+from fixmatch_bench.train.memory import estimate
 from fixmatch_bench.train.run_log import RunLog
 from fixmatch_bench.train.speed import static_compile
 from fixmatch_bench.train.step import draw_batch, fixmatch_step
@@ -225,6 +226,10 @@ def test_peak_gpu_memory_at_the_paper_batch_and_the_evaluation_batch(paper, netw
     record_property(f"evaluation batch {paper.train.eval_batch} peak MiB above the training state",
                     f"{max(evaluation, 0) / MIB:,.0f}")
     record_property("resident before the first step MiB", f"{resident / MIB:,.0f}")
+    needed = estimate(under_test.params, Run(dataset, 4000, "fixmatch_cta", 1))
+    record_property("training peak above the resident state MiB", f"{(training - resident) / MIB:,.0f}")
+    record_property("estimated saved activations MiB (train/memory.py, a lower bound of the line above)",
+                    f"{needed.activations_per_image * needed.images_per_step / MIB:,.0f}")
     parameters = sum(p.numel() * p.element_size() for p in under_test.state.model.parameters())
     assert training > 3 * parameters  # weights, gradients, momentum, EMA and the activations
     assert training < torch.cuda.get_device_properties(0).total_memory

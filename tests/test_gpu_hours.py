@@ -7,6 +7,7 @@ from fixmatch_bench.compose import compose_params
 from fixmatch_bench.core.config import Run, all_runs, validate_params
 from fixmatch_bench.core.schema import SpeedOptions
 from fixmatch_bench.report import gpu_hours
+from fixmatch_bench.train.budget import workload
 
 
 @pytest.fixture(scope="module")
@@ -16,7 +17,7 @@ def paper():
 
 def test_runs_share_a_workload_when_their_step_costs_the_same(paper):
     def of(dataset, labels, method):
-        return gpu_hours.workload(paper, Run(dataset, labels, method, 1))
+        return workload(paper, Run(dataset, labels, method, 1))
 
     assert of("cifar10", 40, "fixmatch_ra") == of("svhn", 1000, "fixmatch_ra") == of("cifar10", 4000, "fixmatch_ra")
     assert of("cifar10", 40, "fixmatch_cta_da") == of("cifar10", 40, "fixmatch_cta") != of("cifar10", 40, "fixmatch_ra")
@@ -30,7 +31,7 @@ def _measured(options: SpeedOptions, steps_per_s: float, label: str) -> dict:
 
 
 def test_each_run_is_projected_from_its_own_workloads_figures_only(paper):
-    ra = gpu_hours.workload(paper, Run("cifar10", 40, "fixmatch_ra", 1))
+    ra = workload(paper, Run("cifar10", 40, "fixmatch_ra", 1))
     ladder = [_measured(SpeedOptions(deterministic=True), 10.0, "fp32 eager, deterministic"),
               _measured(SpeedOptions(), 12.0, "+ nondeterministic kernels"),
               _measured(SpeedOptions(compile="step"), 40.0, "+ compile: step"),
@@ -51,7 +52,7 @@ def test_each_run_is_projected_from_its_own_workloads_figures_only(paper):
 
 
 def test_a_cpu_report_projects_nothing(paper):
-    ra = gpu_hours.workload(paper, Run("cifar10", 40, "fixmatch_ra", 1))
+    ra = workload(paper, Run("cifar10", 40, "fixmatch_ra", 1))
     report = {"device_type": "cpu", "results": [{"workload": ra, "protocol": _measured(SpeedOptions(), 3.0, "cpu")}]}
     costs = gpu_hours.project(paper, all_runs(paper), report)
     assert all(cost.protocol is None and cost.fastest is None for cost in costs)

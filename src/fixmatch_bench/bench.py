@@ -62,6 +62,7 @@ from .compose import compose_params
 from .core.config import Run, all_runs, validate_params
 from .core.schema import DatasetFacts, Params
 from .report import gpu_hours
+from .train.budget import workload
 from .train.augment import make_augmenter
 from .train.distributed import SINGLE_PROCESS
 from .train.evaluation import accuracy, to_model_input
@@ -131,7 +132,7 @@ class BenchConfig:
     def workload(self, paper: Params) -> str:
         """What a step costs (:func:`~fixmatch_bench.report.gpu_hours.workload`): runs of the same
         workload are projected from this configuration's figures."""
-        return gpu_hours.workload(self.params(paper, SpeedOptions(), torch.device("cpu")), self.run())
+        return workload(self.params(paper, SpeedOptions(), torch.device("cpu")), self.run())
 
     def quick(self) -> BenchConfig:
         """``make gpu-check``'s timing: three short rounds, no evaluation inside them."""

@@ -70,6 +70,7 @@ class DatasetFacts(Block):
 
     train_size: PositiveInt
     test_size: PositiveInt
+    unlabeled_size: Count = 0  # extra unlabeled images beside the training set (STL-10's 100,000)
     num_classes: PositiveInt
     image_size: PositiveInt
     channels: PositiveInt
@@ -171,6 +172,7 @@ class Params(Block):
 
     suite_name: str
     threshold: Fraction
+    max_run_hours: Positive
     train: TrainParams
     augment: AugmentParams
     speed: SpeedOptions

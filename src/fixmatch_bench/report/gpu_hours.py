@@ -20,19 +20,9 @@ from typing import Any, Iterable
 
 from ..core.config import Run, run_params
 from ..core.schema import Params
+from ..train.budget import workload
 
 ALGORITHM_CHANGING = ("weak_no_grad",)
-
-
-def workload(params: Params, run: Run) -> str:
-    """What a step of ``run`` costs depends on: its network, image shape, views and batch."""
-    params = run_params(params, run)
-    facts, method, train = params.datasets[run.dataset], params.methods[run.method], params.train
-    network = facts.network
-    views = method.strong if method.unlabeled and train.uratio > 0 else "supervised"
-    unlabeled = f", mu={train.uratio}" if views != "supervised" else ""
-    return (f"ResNet filters={network.filters} scales={network.scales} repeat={network.repeat}, "
-            f"{facts.channels}x{facts.image_size}x{facts.image_size}, {views}, B={train.batch}{unlabeled}")
 
 
 def keeps_the_algorithm(options: dict[str, Any]) -> bool:
