@@ -49,6 +49,14 @@ class Augmenter:
         self._apply_steps: Callable[..., Tensor] = backend.apply_steps
         self._flip_shift: Callable[..., Tensor] = backend.flip_shift
 
+    def dense(self) -> Augmenter:
+        """Apply the ops in their dense form (what CUDA runs) on any device, eagerly: what
+        :mod:`fixmatch_bench.operator_calls` counts on CPU."""
+        if self.impl != "batched":
+            raise ValueError(f"dense() needs impl='batched', this augmenter is impl={self.impl!r}")
+        self._apply_steps = functools.partial(tensor_ops.apply_steps, dense=True)
+        return self
+
     def compile(self) -> Augmenter:
         """Apply the ops through ``torch.compile`` in their dense form (``speed.compile_augment``).
 

@@ -1,0 +1,189 @@
+"""Operator calls per training step, counted by ``torch.profiler`` on CPU: a figure that is the same on every machine.
+
+A *call* is one aten operator dispatched from Python, not nested in another one
+(views such as ``aten::view`` included). On a GPU nearly every call is a kernel
+launch of its own, with a few microseconds of host time each, so the count bounds
+the steps/s that eager execution can reach whatever the GPU.
+
+The step is the trainer's: :func:`~fixmatch_bench.bench.suite_step` (``draw_batch``
+then ``fixmatch_step``, the paper suite's params composed with ``suite=paper``) on
+random images of the dataset's shape, on CPU, fp32 eager, with the augmentation
+in the dense form that CUDA runs (:meth:`~fixmatch_bench.train.augment.Augmenter.dense`).
+The first step (cached tables) is not counted. Calls are split by phase:
+
+- ``augmentation``: drawing the batch (indices, the weak and strong views, the
+  conversion to the model's input) and CTAugment's probe views;
+- ``forward + backward``: the loss (the network's forward included) and autograd's backward;
+- ``optimizer + EMA``: the SGD step and the EMA update;
+- ``other``: the rest (CTAugment's probe forward and rate update, the learning rate).
+
+No count depends on the batch: the dense augmentation, the network and the
+optimizer have no data-dependent control flow (:func:`counts_do_not_depend_on_the_batch`
+checks it), so the counts at a small batch are those of the paper's B = 64, mu = 7.
+
+CLI: ``python -m fixmatch_bench.operator_calls [--out reports] [--batch 2]`` writes
+``operator_calls.md`` and ``operator_calls.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import dataclasses
+import functools
+import json
+import platform
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch.autograd.profiler_util import FunctionEvent
+from torch.profiler import ProfilerActivity, profile, record_function
+
+from .bench import BenchConfig, suite_step
+from .compose import compose_params
+from .core.config import validate_params
+from .core.schema import Params
+from .train.augment import make_augmenter, tensor_ops
+from .train.augment.primitives import cutout_step
+from .train.augment.randaugment import RA_FILL
+from .train.speed import SpeedOptions
+from .train.step import draw_batch, fixmatch_step
+
+REPO = Path(__file__).resolve().parents[2]
+PHASES = ("augmentation", "forward + backward", "optimizer + EMA", "other")
+NETWORKS = (("WRN-28-2", "cifar10"), ("WRN-28-8", "cifar100"), ("WRN-37-2 (96 px)", "stl10"))
+AUGMENTATIONS = (("RandAugment", "fixmatch_ra"), ("CTAugment", "fixmatch_cta"))
+_BACKWARD = "autograd::engine::evaluate_function"
+
+
+def top_level_calls(events: list[FunctionEvent]) -> collections.Counter[str]:
+    """Calls per phase: every aten operator not nested in another, attributed to its innermost phase."""
+    counts: collections.Counter[str] = collections.Counter()
+    for event in events:
+        if not event.name.startswith("aten::"):
+            continue
+        phase, parent = "other", event.cpu_parent
+        while parent is not None and not parent.name.startswith("aten::"):
+            if parent.name in PHASES or parent.name.startswith(_BACKWARD):
+                phase = "forward + backward" if parent.name.startswith(_BACKWARD) else parent.name
+                break
+            parent = parent.cpu_parent
+        if parent is None or not parent.name.startswith("aten::"):
+            counts[phase] += 1
+    return counts
+
+
+def count_calls(function: Callable[[], Any]) -> collections.Counter[str]:
+    """Top-level aten calls of one call of ``function`` on CPU, per phase (see :func:`top_level_calls`)."""
+    with profile(activities=[ProfilerActivity.CPU]) as profiler:
+        function()
+    return top_level_calls(profiler.events())
+
+
+def _in_phase(phase: str, function: Callable) -> Callable:
+    @functools.wraps(function)
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        with record_function(phase):
+            return function(*args, **kwargs)
+
+    return wrapped
+
+
+def paper_params() -> Params:
+    return validate_params(compose_params(["suite=paper"], REPO / "conf"))
+
+
+def step_calls(paper: Params, dataset: str, method: str, batch: int) -> dict[str, int]:
+    """Calls of one training step of ``method`` on ``dataset``'s network at labeled batch ``batch`` (the
+    paper's uratio), per phase and in total."""
+    config = BenchConfig(f"{dataset} {method}", dataset, method, train={"batch": batch}, train_size=1024,
+                         test_size=16)
+    under_test = suite_step(config, paper, torch.device("cpu"), SpeedOptions())
+    state, data, hp = under_test.state, under_test.data, under_test.hp
+    state.augmenter.dense()
+    state.augmenter.probe = _in_phase("augmentation", state.augmenter.probe)
+    functions = state.functions
+    state.functions = dataclasses.replace(functions, loss=_in_phase("forward + backward", functions.loss),
+                                          optimizer_step=_in_phase("optimizer + EMA", functions.optimizer_step),
+                                          ema_update=_in_phase("optimizer + EMA", functions.ema_update))
+    draw = _in_phase("augmentation", draw_batch)
+
+    def step() -> None:
+        fixmatch_step(state, draw(state, data, hp), hp)
+
+    step()  # builds the cached tables
+    counts = count_calls(step)
+    return {**{phase: counts[phase] for phase in PHASES}, "total": sum(counts.values())}
+
+
+def counts_do_not_depend_on_the_batch(paper: Params, dataset: str, method: str) -> bool:
+    """The check behind counting at a small batch: the same calls at B = 1 and B = 2."""
+    return step_calls(paper, dataset, method, 1) == step_calls(paper, dataset, method, 2)
+
+
+def view_calls(n: int = 14, size: int = 32, cutout: int = 16) -> dict[str, int]:
+    """Calls of one dense view of ``n`` images of 3 x ``size`` x ``size`` (their draws included), and of
+    the strong views' final all-cutout step alone."""
+    images = torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    generator = torch.Generator().manual_seed(1)
+    randaugment = make_augmenter("randaugment", cutout=cutout).dense()
+    ctaugment = make_augmenter("ctaugment", cutout=cutout).dense()
+    cut_ops, cut_args = cutout_step(n, size, size, cutout, generator)
+    views = {
+        "weak view": lambda: randaugment.weak(images, generator),
+        "RandAugment strong view": lambda: randaugment.strong(images, generator),
+        "CTAugment strong view": lambda: ctaugment.strong(images, generator),
+        "CTAugment probe view": lambda: ctaugment.probe(images, generator),
+        "the all-cutout step": lambda: tensor_ops.apply_steps(images, cut_ops, cut_args, RA_FILL, dense=True),
+    }
+    for view in views.values():
+        view()  # builds the cached tables
+    return {name: sum(count_calls(view).values()) for name, view in views.items()}
+
+
+def measure(batch: int = 2) -> dict[str, Any]:
+    paper = paper_params()
+    rows = [{"network": network, "dataset": dataset, "strong": name, "method": method,
+             **step_calls(paper, dataset, method, batch)}
+            for network, dataset in NETWORKS for name, method in AUGMENTATIONS]
+    return {"torch": torch.__version__, "python": platform.python_version(), "batch": batch,
+            "uratio": paper.train.uratio, "rows": rows, "views": view_calls()}
+
+
+def markdown(report: dict[str, Any]) -> str:
+    header = ["network", "dataset", "strong augmentation", *PHASES, "total"]
+    lines = [
+        "# Operator calls per training step",
+        "",
+        f"Generated by `python -m fixmatch_bench.operator_calls` (torch {report['torch']}, "
+        f"Python {report['python']}; module docstring: what is counted). Top-level aten calls of one step on CPU, "
+        f"dense augmentation forced; counted at B = {report['batch']}, mu = {report['uratio']} (the counts do not "
+        "depend on the batch).",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
+    for row in report["rows"]:
+        cells = [row["network"], row["dataset"], row["strong"], *(f"{row[key]:,}" for key in (*PHASES, "total"))]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "The dense augmentation per call (14 images, 3 x 32 x 32; a view's draws included):", "",
+              "| call | calls |", "|---|---|"]
+    lines += [f"| {name} | {calls:,} |" for name, calls in report["views"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=REPO / "reports")
+    parser.add_argument("--batch", type=int, default=2)
+    args = parser.parse_args(argv)
+    report = measure(args.batch)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "operator_calls.json").write_text(json.dumps(report, indent=2) + "\n")
+    (args.out / "operator_calls.md").write_text(markdown(report))
+    print(markdown(report))
+
+
+if __name__ == "__main__":
+    main()
