@@ -109,6 +109,19 @@ def cutout_step(n: int, height: int, width: int, side: int, generator: torch.Gen
     return ops, args.unsqueeze(1)
 
 
+EVERY_OP = frozenset(Op)
+CUTOUT_STEP = frozenset({Op.CUTOUT})
+
+
+def check_vocabulary(present: set[Op], vocabulary: frozenset[Op]) -> None:
+    """Raise ValueError if a step holds an op outside its ``vocabulary`` (IDENTITY always allowed): the
+    dense ops compute only the vocabulary's kernels."""
+    outside = present - vocabulary - {Op.IDENTITY}
+    if outside:
+        raise ValueError(f"the step holds {sorted(op.name for op in outside)}, outside its vocabulary "
+                         f"{sorted(op.name for op in vocabulary)}")
+
+
 @functools.lru_cache(maxsize=None)
 def device_constant(values: tuple, dtype: torch.dtype, device: torch.device) -> Tensor:
     """A cached constant tensor; do not modify it.
