@@ -18,11 +18,13 @@ The first step (cached tables) is not counted. Calls are split by phase:
 - ``other``: the rest (CTAugment's probe forward and rate update, the learning rate).
 
 No count depends on the batch: the dense augmentation, the network and the
-optimizer have no data-dependent control flow (:func:`counts_do_not_depend_on_the_batch`
-checks it), so the counts at a small batch are those of the paper's B = 64, mu = 7.
+optimizer have no data-dependent control flow (``tests/test_operator_calls.py``
+checks B = 1 against B = 2), so the counts at a small batch are those of the
+paper's B = 64, mu = 7.
 
 CLI: ``python -m fixmatch_bench.operator_calls [--out reports] [--batch 2]`` writes
-``operator_calls.md`` and ``operator_calls.json``.
+``operator_calls.md`` and ``operator_calls.json``, with the figures from before
+issue 28's dense ops beside them.
 """
 
 from __future__ import annotations
@@ -44,9 +46,8 @@ from .bench import BenchConfig, suite_step
 from .compose import compose_params
 from .core.config import validate_params
 from .core.schema import Params
-from .train.augment import make_augmenter, tensor_ops
-from .train.augment.primitives import cutout_step
-from .train.augment.randaugment import RA_FILL
+from .train.augment import make_augmenter, randaugment, tensor_ops
+from .train.augment.primitives import CUTOUT_STEP, cutout_step
 from .train.speed import SpeedOptions
 from .train.step import draw_batch, fixmatch_step
 
@@ -55,6 +56,11 @@ PHASES = ("augmentation", "forward + backward", "optimizer + EMA", "other")
 NETWORKS = (("WRN-28-2", "cifar10"), ("WRN-28-8", "cifar100"), ("WRN-37-2 (96 px)", "stl10"))
 AUGMENTATIONS = (("RandAugment", "fixmatch_ra"), ("CTAugment", "fixmatch_cta"))
 _BACKWARD = "autograd::engine::evaluate_function"
+# What this module counted before issue 28's dense ops (commit 89af580, torch 2.13.0, B = 2): the
+# augmentation per training step, the same for every network, and the dense calls below.
+AUGMENTATION_BEFORE = {"fixmatch_ra": 2191, "fixmatch_cta": 3581}
+VIEWS_BEFORE = {"weak view": 38, "RandAugment strong view": 2097, "CTAugment strong view": 2110,
+                "CTAugment probe view": 1377, "the all-cutout step": 662}
 
 
 def top_level_calls(events: list[FunctionEvent]) -> collections.Counter[str]:
@@ -117,25 +123,21 @@ def step_calls(paper: Params, dataset: str, method: str, batch: int) -> dict[str
     return {**{phase: counts[phase] for phase in PHASES}, "total": sum(counts.values())}
 
 
-def counts_do_not_depend_on_the_batch(paper: Params, dataset: str, method: str) -> bool:
-    """The check behind counting at a small batch: the same calls at B = 1 and B = 2."""
-    return step_calls(paper, dataset, method, 1) == step_calls(paper, dataset, method, 2)
-
-
 def view_calls(n: int = 14, size: int = 32, cutout: int = 16) -> dict[str, int]:
     """Calls of one dense view of ``n`` images of 3 x ``size`` x ``size`` (their draws included), and of
-    the strong views' final all-cutout step alone."""
+    the strong views' final all-cutout step alone (as the augmenters apply it)."""
     images = torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     generator = torch.Generator().manual_seed(1)
-    randaugment = make_augmenter("randaugment", cutout=cutout).dense()
-    ctaugment = make_augmenter("ctaugment", cutout=cutout).dense()
+    ra = make_augmenter("randaugment", cutout=cutout).dense()
+    cta = make_augmenter("ctaugment", cutout=cutout).dense()
     cut_ops, cut_args = cutout_step(n, size, size, cutout, generator)
     views = {
-        "weak view": lambda: randaugment.weak(images, generator),
-        "RandAugment strong view": lambda: randaugment.strong(images, generator),
-        "CTAugment strong view": lambda: ctaugment.strong(images, generator),
-        "CTAugment probe view": lambda: ctaugment.probe(images, generator),
-        "the all-cutout step": lambda: tensor_ops.apply_steps(images, cut_ops, cut_args, RA_FILL, dense=True),
+        "weak view": lambda: ra.weak(images, generator),
+        "RandAugment strong view": lambda: ra.strong(images, generator),
+        "CTAugment strong view": lambda: cta.strong(images, generator),
+        "CTAugment probe view": lambda: cta.probe(images, generator),
+        "the all-cutout step": lambda: tensor_ops.apply_steps(images, cut_ops, cut_args, randaugment.RA_FILL,
+                                                              dense=True, vocabulary=(CUTOUT_STEP,)),
     }
     for view in views.values():
         view()  # builds the cached tables
@@ -151,25 +153,31 @@ def measure(batch: int = 2) -> dict[str, Any]:
             "uratio": paper.train.uratio, "rows": rows, "views": view_calls()}
 
 
+def _row(cells: list[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
 def markdown(report: dict[str, Any]) -> str:
-    header = ["network", "dataset", "strong augmentation", *PHASES, "total"]
+    header = ["network", "dataset", "strong augmentation", "augmentation before", *PHASES, "total", "after / before"]
     lines = [
         "# Operator calls per training step",
         "",
         f"Generated by `python -m fixmatch_bench.operator_calls` (torch {report['torch']}, "
-        f"Python {report['python']}; module docstring: what is counted). Top-level aten calls of one step on CPU, "
-        f"dense augmentation forced; counted at B = {report['batch']}, mu = {report['uratio']} (the counts do not "
-        "depend on the batch).",
+        f"Python {report['python']}; its docstring says what is counted). Top-level aten calls of one training "
+        f"step on CPU, dense augmentation forced, counted at B = {report['batch']}, mu = {report['uratio']}: the "
+        "counts do not depend on the batch, so they are those of the paper's B = 64. \"Before\": the same module "
+        "at commit 89af580, before issue 28's dense ops (the other phases did not change).",
         "",
-        "| " + " | ".join(header) + " |",
+        _row(header),
         "|" + "---|" * len(header),
     ]
     for row in report["rows"]:
-        cells = [row["network"], row["dataset"], row["strong"], *(f"{row[key]:,}" for key in (*PHASES, "total"))]
-        lines.append("| " + " | ".join(cells) + " |")
+        before = AUGMENTATION_BEFORE[row["method"]]
+        lines.append(_row([row["network"], row["dataset"], row["strong"], f"{before:,}",
+                           *(f"{row[key]:,}" for key in (*PHASES, "total")), f"{row['augmentation'] / before:.2f}"]))
     lines += ["", "The dense augmentation per call (14 images, 3 x 32 x 32; a view's draws included):", "",
-              "| call | calls |", "|---|---|"]
-    lines += [f"| {name} | {calls:,} |" for name, calls in report["views"].items()]
+              _row(["call", "before", "after"]), "|---|---|---|"]
+    lines += [_row([name, f"{VIEWS_BEFORE[name]:,}", f"{calls:,}"]) for name, calls in report["views"].items()]
     return "\n".join(lines) + "\n"
 
 

@@ -17,64 +17,24 @@ Every op reproduces Pillow's integer arithmetic, so that it matches
 - Rescale: PIL's two-pass separable resampling with 22-bit fixed-point weights,
   done as exact float64 matrix products; NEAREST via PIL's accumulated affine walk.
 
-**A step, dense.** A step runs three families of kernels on the whole batch,
-each with per-sample parameters that make it the identity where the sample's op
-is not in it: the geometric ops and cutout are one NEAREST affine gather (the
-identity matrix and an empty box for the other ops); every colour op is one
-``Image.blend(first, second, weight)`` whose images are the input, a
-per-channel lookup table of it (invert, solarize, posterize, autocontrast,
-equalize), a filtered image (blur, smooth), a gray image or a constant (weight
-0 for the other ops); rescale is a pair of resampling matrices, selected per
-sample. The parameters come from tables indexed by the op (:func:`_op_table`),
-and a step runs only the families and parts that its ``vocabulary`` (the ops it
-may hold) needs, with no host synchronisation: the form that CUDA runs
-(``dense``) and ``torch.compile`` traces. On CPU a step buckets the samples by
-family instead (host-side, by the ops present) and runs the same code on each
-bucket.
-
-**Rounding that does not depend on the compiler.** Inductor may contract a
-product and a sum into one fused multiply-add (Triton does by default on CUDA,
-its C++ code under ``-ffp-contract=fast``) and, on GPUs, replaces a division by
-a constant with a multiplication by its reciprocal; either can change a float
-result's last bit, and a floor or trunc after it can move a pixel by one level.
-The formulas leave neither any effect: every float product that feeds a sum is
-exact, so fusing changes nothing, and a quotient by a constant decides a floor
-only where it is at least 1/26 from every integer. The blend's ``weight *
-(second - first)`` is exact in float64 and rounded to float32 by an explicit
-cast before the float32 sum; the affine coordinates multiply by powers of two
-or by 1, and the resampling sums are of integers below 2^53; AutoContrast's
-``ix * scale + offset`` subtracts two products looked up in a table
-(:func:`_autocontrast_tables`); the contrast mean and equalize divide integers.
-This rather than Inductor's ``emulate_precision_casts`` (which turns Triton's
-``enable_fp_fusion`` off in torch 2.13): it holds whatever the compiler, its
-version or its options, and covers the reciprocal too. The cached lookup tables
-are computed in a graph with integer or correctly rounded operations only; the
-resampling weights (sin, cos) are made on the CPU and reach a graph through a
-custom op. ``tests/test_augment_compiled.py`` compiles the ops on CPU with
-contraction forced on (the previous formulas moved pixels by one level there);
-``tests/test_cuda.py`` compares the Triton kernels with the CPU.
+On CPU each step buckets the samples by kernel (``index_select`` of the images
+that use it; rotate, shear and translate share one affine kernel), which needs
+host synchronisation; on CUDA a step runs in its dense form
+(:mod:`.dense_ops`), with none.
 """
 
 from __future__ import annotations
 
 import functools
-import math
-from collections.abc import Sequence
-from typing import NamedTuple
+from collections.abc import Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from .primitives import MAX_ROTATE_DEGREES, NUM_ARGS, RESCALE_METHODS, Fill, Op, check_vocabulary
-
-_FIXED_ONE = 1 << 16  # PIL's affine fixed point
-_RESAMPLE_BITS = 22  # PIL's 8-bit resampling precision (32 - 8 - 2)
-_LUMA = (19595, 38470, 7471)
-
-# Lookup tables, cached per shape and device (do not modify them); ``torch.compile`` traces through
-# the cache and computes them in the graph.
-_cached = functools.lru_cache(maxsize=None)
+from . import dense_ops
+from .pil_tables import ANGLES, FIXED_ONE, RESAMPLE_BITS, min_crop, resample_table, rotation_matrix
+from .primitives import (EVERY_OP, GEOMETRIC_OPS, MAX_ROTATE_DEGREES, NUM_ARGS, RESCALE_METHODS, Fill, Op,
+                         check_vocabulary, device_constant)
 
 
 def check_images(images: Tensor, name: str = "images") -> None:
@@ -87,544 +47,297 @@ def check_images(images: Tensor, name: str = "images") -> None:
         )
 
 
-# ---------------------------------------------------------------- per-op parameters
-
-# Rows of the pixel lookup tables (:func:`_pixel_tables`): identity, invert, solarize by threshold
-# 0..256, posterize by bits 1..8.
-_INVERT_ROW, _SOLARIZE_ROW, _POSTERIZE_ROW = 1, 2, 259 - 1
-
-# Boolean columns of :func:`_op_table`.
-_FLAG_OPS = {"autocontrast": (Op.AUTOCONTRAST,), "equalize": (Op.EQUALIZE,), "blur": (Op.BLUR,),
-             "smooth": (Op.SMOOTH,), "sharpness": (Op.SHARPNESS,), "color": (Op.COLOR,),
-             "brightness": (Op.BRIGHTNESS,), "contrast": (Op.CONTRAST,),
-             "translate": (Op.TRANSLATE_X, Op.TRANSLATE_Y), "rescale": (Op.RESCALE,)}
-_FLAGS = tuple(_FLAG_OPS)
-_BLENDED = (Op.AUTOCONTRAST, Op.EQUALIZE, Op.INVERT, Op.BLUR, Op.SMOOTH, Op.BRIGHTNESS, Op.COLOR, Op.CONTRAST,
-            Op.SHARPNESS)
-# Numeric columns: the blend weight is weight + weight_from_arg * args[0]; the rows of the pixel and
-# the affine tables are clamp(round(args[0]) + base, low, high); cutout: whether args[0] is a side.
-_NUMBERS = ("weight", "weight_from_arg", "pixel_base", "pixel_low", "pixel_high", "affine_base", "affine_low",
-            "affine_high", "cutout")
+# ---------------------------------------------------------------- colour helpers
 
 
-def _numbers(op: Op) -> tuple[float, ...]:
-    weight = 1.0 if op in (Op.SOLARIZE, Op.POSTERIZE) else 0.0
-    pixel = {Op.INVERT: (0, _INVERT_ROW, _INVERT_ROW),
-             Op.SOLARIZE: (_SOLARIZE_ROW, _SOLARIZE_ROW, _SOLARIZE_ROW + 256),
-             Op.POSTERIZE: (_POSTERIZE_ROW, _POSTERIZE_ROW + 1, _POSTERIZE_ROW + 8)}.get(op, (0, 0, 0))
-    degrees = MAX_ROTATE_DEGREES  # the rotation table's row for 0 degrees
-    affine = (degrees, 0, 2 * degrees) if op == Op.ROTATE else (0, degrees, degrees)
-    return (weight, float(op in _BLENDED), *pixel, *affine, float(op == Op.CUTOUT))
+def blend(first: Tensor, second: Tensor, alpha: Tensor) -> Tensor:
+    """``Image.blend(first, second, alpha)`` per sample; alpha float [N]."""
+    weight = alpha.to(torch.float32).view(-1, 1, 1, 1)
+    a = first.to(torch.float32)
+    mixed = a + weight * (second.to(torch.float32) - a)
+    return mixed.clamp(0, 255).floor().to(torch.uint8)
 
 
-# Where args[0] goes in the affine row of :func:`_affine_table` (y row d e f, x row a b c, then the
-# same with PIL's fixed-point offsets f' = f + d/2 + e/2 and c' = c + a/2 + b/2), with its factor.
-_AFFINE_ARG = {Op.SHEAR_X: {4: 1.0, 10: 1.0, 11: 0.5}, Op.SHEAR_Y: {0: 1.0, 6: 1.0, 8: 0.5},
-               Op.TRANSLATE_X: {5: 1.0}, Op.TRANSLATE_Y: {2: 1.0}}
+def luma(images: Tensor) -> Tensor:
+    """PIL's RGB -> L conversion as int32 [N, 1, H, W] (identity for C = 1)."""
+    if images.shape[1] == 1:
+        return images.to(torch.int32)
+    x = images.to(torch.int32)
+    return (x[:, 0:1] * 19595 + x[:, 1:2] * 38470 + x[:, 2:3] * 7471 + 0x8000) >> 16
 
 
-@_cached
-def _op_table(device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
-    """Per op: the flags (bool [19, len(_FLAGS)]), the numbers (float64 [19, len(_NUMBERS)]) and the
-    factors of args[0] in its affine row (float64 [19, 12])."""
-    flags = torch.tensor([[op in _FLAG_OPS[name] for name in _FLAGS] for op in Op], device=device)
-    numbers = torch.tensor([_numbers(op) for op in Op], dtype=torch.float64, device=device)
-    factors = [[_AFFINE_ARG.get(op, {}).get(slot, 0.0) for slot in range(12)] for op in Op]
-    return flags, numbers, torch.tensor(factors, dtype=torch.float64, device=device)
+def _window_sum(x: Tensor, radius: int) -> Tensor:
+    """Sum over the (2r+1)^2 window of every interior pixel (int32)."""
+    h, w = x.shape[-2:]
+    total = torch.zeros_like(x[..., radius : h - radius, radius : w - radius])
+    for dy in range(-radius, radius + 1):
+        for dx in range(-radius, radius + 1):
+            total = total + x[..., radius + dy : h - radius + dy, radius + dx : w - radius + dx]
+    return total
 
 
-class _PerSample(NamedTuple):
-    """One step's per-sample parameters, looked up from its ops."""
-
-    flags: dict[str, Tensor]  # bool [N, 1, 1] each
-    numbers: dict[str, Tensor]  # float64 [N] each
-    value: Tensor  # args[0], [N]
-    rounded: Tensor  # round(args[0]), [N]
-    args: Tensor  # [N, 3]
-    ops: Tensor  # [N]
+def _with_interior(images: Tensor, interior: Tensor, border: int) -> Tensor:
+    out = images.clone()
+    out[..., border:-border, border:-border] = interior.to(torch.uint8)
+    return out
 
 
-def _per_sample(ops: Tensor, args: Tensor) -> _PerSample:
-    n = ops.shape[0]
-    flag_table, number_table, _ = _op_table(ops.device)
-    flags = dict(zip(_FLAGS, flag_table[ops].view(n, len(_FLAGS), 1, 1).unbind(1)))
-    numbers = dict(zip(_NUMBERS, number_table[ops].unbind(1)))
-    value = args[:, 0]
-    return _PerSample(flags, numbers, value, value.round(), args, ops)
+def smooth_filter(images: Tensor) -> Tensor:
+    """``ImageFilter.SMOOTH``: 3x3 ones with centre 5, divided by 13, 1-px border kept."""
+    x = images.to(torch.int32)
+    total = _window_sum(x, 1) + 4 * x[..., 1:-1, 1:-1]
+    return _with_interior(images, torch.div(2 * total + 13, 26, rounding_mode="floor"), 1)
 
 
-def _row(sample: _PerSample, family: str) -> Tensor:
-    """The sample's row of a family's table: clamp(round(args[0]) + base, low, high)."""
-    base, low, high = (sample.numbers[f"{family}_{key}"] for key in ("base", "low", "high"))
-    return (sample.rounded + base).clamp(low, high).long()
+def blur_filter(images: Tensor) -> Tensor:
+    """``ImageFilter.BLUR``: the 16-pixel ring of a 5x5 window / 16, 2-px border kept."""
+    x = images.to(torch.int32)
+    ring = _window_sum(x, 2) - _window_sum(x, 1)[..., 1:-1, 1:-1]
+    return _with_interior(images, (ring + 8) >> 4, 2)
 
 
-# ---------------------------------------------------------------- colour
+def autocontrast(images: Tensor) -> Tensor:
+    """``ImageOps.autocontrast`` (cutoff 0) per channel."""
+    x = images.to(torch.float64)
+    lo = x.amin(dim=(2, 3), keepdim=True)
+    hi = x.amax(dim=(2, 3), keepdim=True)
+    scale = torch.full_like(hi, 255.0) / (hi - lo).clamp(min=1)  # not 255.0 / t: that multiplies by 1 / t
+    offset = -lo * scale
+    stretched = torch.trunc(x * scale + offset).clamp(0, 255)
+    return torch.where(hi > lo, stretched, x).to(torch.uint8)
 
 
-def blend(first: Tensor, second: Tensor, weight: Tensor) -> Tensor:
-    """``Image.blend(first, second, weight)`` per sample (weight [N]) on integer-valued images, ``second``
-    float64, ``first`` of a dtype that float32 holds exactly.
-
-    PIL computes ``first + weight * (second - first)`` in float32 (weight a
-    float32) and truncates. The product is made in float64, where it is exact,
-    and rounded to float32 by a cast, so the sum cannot be fused with it; the cast
-    to uint8 truncates.
-    """
-    shape = (-1,) + (1,) * (first.dim() - 1)
-    weight = weight.to(torch.float32).to(torch.float64).view(shape)
-    step = ((second - first) * weight).to(torch.float32)
-    return (first + step).clamp(0, 255).to(torch.uint8)
-
-
-@_cached
-def _pixel_tables(device: torch.device) -> Tensor:
-    """float64 [267, 256]: identity, invert, solarize by threshold 0..256, posterize by bits 1..8."""
-    levels = torch.arange(256, device=device)
-    thresholds = torch.arange(257, device=device).view(-1, 1)
-    masks = (0xFF << (8 - torch.arange(1, 9, device=device).view(-1, 1))) & 0xFF
-    rows = [levels.view(1, -1), 255 - levels.view(1, -1), torch.where(levels < thresholds, levels, 255 - levels),
-            levels & masks]
-    return torch.cat(rows).to(torch.float64)
-
-
-@_cached
-def _autocontrast_tables(device: torch.device) -> tuple[Tensor, Tensor]:
-    """PIL's autocontrast products, float64 [256 (hi - lo), 256 (level)]: ``level * scale`` and ``lo * scale``
-    with ``scale = 255 / (hi - lo)``; for hi = lo the first is the level and the second 0 (no change)."""
-    levels = torch.arange(256, dtype=torch.float64, device=device)
-    scale = torch.full_like(levels, 255.0) / levels.clamp(min=1)  # not 255.0 / t: that multiplies by 1 / t
-    products = levels.view(1, 256) * scale.view(256, 1)
-    flat = (levels == 0).view(256, 1)
-    return torch.where(flat, levels, products), torch.where(flat, 0.0, products)
-
-
-def _autocontrast_lut(low: Tensor, high: Tensor) -> Tensor:
-    """``ImageOps.autocontrast`` (cutoff 0) lookup tables, float64 [N, C, 256] from each channel's range
-    (int64 [N, C]).
-
-    ``int(ix * scale + offset)``; PIL's clip to 0..255 never acts on a level in [lo, hi], the only
-    levels looked up."""
-    products, offsets = _autocontrast_tables(low.device)
-    span = high - low
-    return torch.trunc(products[span] - offsets[span, low].unsqueeze(2))
-
-
-def _equalize_lut(levels: Tensor, high: Tensor, count: int) -> Tensor:
-    """``ImageOps.equalize`` lookup tables (PIL's: step = (n - n_last) // 255), int64 [N, C, 256];
-    ``levels`` int64 [N, C, H * W], ``high`` each channel's largest level (the last non-empty bin), int64 [N, C]."""
-    n, c, _ = levels.shape
-    histogram = torch.zeros(n, c, 256, dtype=torch.int64, device=levels.device)
-    histogram.scatter_add_(2, levels, _ones(levels.device).expand_as(levels))
-    last = histogram.gather(2, high.unsqueeze(2))
-    step = torch.div(count - last, 255, rounding_mode="floor")
-    below = histogram.cumsum(2) - histogram
+def equalize(images: Tensor) -> Tensor:
+    """``ImageOps.equalize`` per channel (PIL's lut: step = (n - n_last) // 255)."""
+    n, c, h, w = images.shape
+    flat = images.reshape(n * c, h * w).to(torch.int64)
+    hist = torch.zeros(n * c, 256, dtype=torch.int64, device=images.device)
+    hist.scatter_add_(1, flat, torch.ones_like(flat))
+    bins = torch.arange(256, device=images.device)
+    last = torch.where(hist > 0, bins, -1).amax(dim=1, keepdim=True)
+    step = torch.div(h * w - hist.gather(1, last), 255, rounding_mode="floor")
+    below = hist.cumsum(dim=1) - hist
     lut = torch.div(torch.div(step, 2, rounding_mode="floor") + below, step.clamp(min=1), rounding_mode="floor")
-    return torch.where(step > 0, lut.clamp(max=255), _levels(levels.device))
+    lut = torch.where(step > 0, lut.clamp(max=255), bins)
+    return lut.gather(1, flat).reshape(n, c, h, w).to(torch.uint8)
 
 
-@_cached
-def _ones(device: torch.device) -> Tensor:
-    return torch.ones((), dtype=torch.int64, device=device)
+def _scalar(args: Tensor) -> Tensor:
+    return args[:, 0]
 
 
-@_cached
-def _levels(device: torch.device) -> Tensor:
-    return torch.arange(256, device=device)
+def _blend_op(transform: Callable[[Tensor], Tensor]) -> Callable[[Tensor, Tensor, Fill], Tensor]:
+    def op(images: Tensor, args: Tensor, fill: Fill) -> Tensor:
+        return blend(images, transform(images), _scalar(args))
+
+    return op
 
 
-@_cached
-def _luma_weights(device: torch.device) -> Tensor:
-    return torch.tensor(_LUMA, device=device).view(1, 3, 1)
+def _brightness(images: Tensor, args: Tensor, fill: Fill) -> Tensor:
+    return blend(torch.zeros_like(images), images, _scalar(args))
 
 
-def _luma(levels: Tensor) -> Tensor:
-    """PIL's RGB -> L conversion, int64 [N, 1, H * W] from int64 levels [N, C, H * W] (identity for C = 1)."""
-    if levels.shape[1] == 1:
-        return levels
-    return ((levels * _luma_weights(levels.device)).sum(1, keepdim=True) + 0x8000) >> 16
+def _color(images: Tensor, args: Tensor, fill: Fill) -> Tensor:
+    gray = luma(images).to(torch.uint8).expand_as(images)
+    return blend(gray, images, _scalar(args))
 
 
-@_cached
-def _interior(height: int, width: int, border: int, device: torch.device) -> Tensor:
-    """bool [H, W]: the pixels at least ``border`` from every edge (those a filter changes)."""
-    rows, cols = torch.arange(height, device=device), torch.arange(width, device=device)
-    rows, cols = (rows >= border) & (rows < height - border), (cols >= border) & (cols < width - border)
-    return rows.view(-1, 1) & cols.view(1, -1)
+def _contrast(images: Tensor, args: Tensor, fill: Fill) -> Tensor:
+    l_image = luma(images)
+    count = l_image.shape[-1] * l_image.shape[-2]
+    mean = torch.floor(l_image.sum(dim=(1, 2, 3), dtype=torch.int64).to(torch.float64) / count + 0.5)
+    degenerate = mean.to(torch.uint8).view(-1, 1, 1, 1).expand_as(images)
+    return blend(degenerate, images, _scalar(args))
 
 
-def _window_sums(images: Tensor, size: int) -> Tensor:
-    """Sum over the size x size window of every pixel (zero outside), exact: float32 sums of integers < 2^24."""
-    return F.avg_pool2d(images, size, stride=1, padding=size // 2, divisor_override=1)
+def _sharpness(images: Tensor, args: Tensor, fill: Fill) -> Tensor:
+    return blend(smooth_filter(images), images, _scalar(args))
 
 
-class _Filtered(NamedTuple):
-    smooth: Tensor | None
-    blur: Tensor | None
+def _solarize(images: Tensor, args: Tensor, fill: Fill) -> Tensor:
+    threshold = _scalar(args).round().to(torch.int32).view(-1, 1, 1, 1)
+    return torch.where(images.to(torch.int32) < threshold, images, 255 - images)
 
 
-def _filters(images: Tensor, height: int, smooth: bool, blur: bool) -> _Filtered:
-    """``ImageFilter.SMOOTH`` (3x3 ones, centre 5, / 13, 1-px border kept) and ``BLUR`` (the 16-pixel
-    ring of a 5x5 window / 16, 2-px border kept) of uint8 [N, C, H * W] images, rounded to nearest,
-    float32 [N, C, H * W]."""
-    n, c, count = images.shape
-    width = count // height
-    pixels = images.view(n, c, height, width).float()
-    three = _window_sums(pixels, 3)
-    smoothed = blurred = None
-    if smooth:
-        # floor((2 t + 13) / 26) = floor((t + 6.5) / 13): never within 1/26 of an integer, so no quotient's
-        # rounding can move it.
-        total = torch.add(three, pixels, alpha=4)
-        smoothed = torch.where(_interior(height, width, 1, images.device),
-                               torch.div(total + 6.5, 13, rounding_mode="floor"), pixels).view(n, c, count)
-    if blur:
-        ring = _window_sums(pixels, 5) - three
-        blurred = torch.where(_interior(height, width, 2, images.device),
-                              torch.div(ring + 8, 16, rounding_mode="floor"), pixels).view(n, c, count)
-    return _Filtered(smoothed, blurred)
-
-
-def _colour(images: Tensor, sample: _PerSample, height: int, vocabulary: frozenset[Op]) -> Tensor:
-    """Every colour op of the step as one blend, uint8 [N, C, H * W] from uint8 [N, C, H * W]."""
-    n, c, count = images.shape
-    flags = sample.flags
-    levels = images.long()
-    lut = _pixel_tables(images.device)[_row(sample, "pixel")].view(n, 1, 256)
-    if {Op.AUTOCONTRAST, Op.EQUALIZE} & vocabulary:
-        high = levels.amax(dim=2)
-        if Op.AUTOCONTRAST in vocabulary:
-            lut = torch.where(flags["autocontrast"], _autocontrast_lut(levels.amin(dim=2), high), lut)
-        if Op.EQUALIZE in vocabulary:
-            lut = torch.where(flags["equalize"], _equalize_lut(levels, high, count), lut)
-    else:
-        lut = lut.expand(n, c, 256)
-    second = lut.gather(2, levels)
-    first = images
-    if {Op.COLOR, Op.CONTRAST} & vocabulary:
-        gray = _luma(levels)
-        if Op.CONTRAST in vocabulary:
-            mean = torch.div(gray.sum(2, keepdim=True) * 2 + count, 2 * count, rounding_mode="floor")
-            first = torch.where(flags["contrast"], mean, first)
-        if Op.COLOR in vocabulary:
-            first = torch.where(flags["color"], gray, first)
-    if Op.BRIGHTNESS in vocabulary:
-        first = torch.where(flags["brightness"], 0, first)
-    if {Op.SMOOTH, Op.SHARPNESS, Op.BLUR} & vocabulary:
-        smooth, blur = _filters(images, height, bool({Op.SMOOTH, Op.SHARPNESS} & vocabulary), Op.BLUR in vocabulary)
-        if Op.SHARPNESS in vocabulary:
-            first = torch.where(flags["sharpness"], smooth, first)
-        if Op.SMOOTH in vocabulary:
-            second = torch.where(flags["smooth"], smooth, second)
-        if Op.BLUR in vocabulary:
-            second = torch.where(flags["blur"], blur, second)
-    weight = torch.addcmul(sample.numbers["weight"], sample.value, sample.numbers["weight_from_arg"])  # exact
-    return blend(first, second, weight)
+def _posterize(images: Tensor, args: Tensor, fill: Fill) -> Tensor:
+    bits = _scalar(args).round().to(torch.int32).clamp(1, 8).view(-1, 1, 1, 1)
+    mask = torch.bitwise_left_shift(torch.full_like(bits, 0xFF), 8 - bits) & 0xFF
+    return (images.to(torch.int32) & mask).to(torch.uint8)
 
 
 # ---------------------------------------------------------------- geometry
 
 
-def _rotation(degrees: int, height: int, width: int) -> list[float]:
-    """PIL ``Image.rotate``'s inverse matrix (a, b, c, d, e, f) for an integer angle."""
-    angle = degrees % 360.0
-    if angle == 0:
-        return [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
-    center_x, center_y = width / 2, height / 2
-    radians = -math.radians(angle)
-    a, b = round(math.cos(radians), 15), round(math.sin(radians), 15)
-    d, e = round(-math.sin(radians), 15), round(math.cos(radians), 15)
-    c = a * -center_x + b * -center_y + 0.0 + center_x
-    f = d * -center_x + e * -center_y + 0.0 + center_y
-    return [a, b, c, d, e, f]
+def affine_nearest(images: Tensor, coefficients: Tensor, fill: int) -> Tensor:
+    """PIL ``transform(AFFINE, (a, b, c, d, e, f), NEAREST)`` per sample.
+
+    ``coefficients`` float64 [N, 6] map output (x, y) to input
+    (a x + b y + c, d x + e y + f). Like PIL, matrices with b = d = 0 use
+    double pixel centres (``floor(a (x + 0.5) + c)``) and the others 16.16 fixed
+    point. PIL accumulates the former along the row (``x += a``); for the unit
+    steps used here (translations) that can differ from the direct product only
+    when ``c + 0.5`` lies within ~1e-14 of an integer, which the policies never
+    produce (RA offsets are integers, CTAugment's are within 0.3 px of 0).
+    """
+    n, c, h, w = images.shape
+    a0, a1, a2, a3, a4, a5 = (v.view(n, 1, 1) for v in coefficients.to(torch.float64).unbind(1))
+    ys = torch.arange(h, device=images.device).view(1, h, 1)
+    xs = torch.arange(w, device=images.device).view(1, 1, w)
+
+    def coord(v: Tensor) -> Tensor:
+        return torch.where(v < 0, -1, torch.trunc(v.clamp(max=1 << 30))).to(torch.int64)
+
+    scale_x = coord(a0 * (xs + 0.5) + a2).expand(n, h, w)
+    scale_y = coord(a4 * (ys + 0.5) + a5).expand(n, h, w)
+
+    def fix(v: Tensor) -> Tensor:
+        return torch.floor(v * float(FIXED_ONE) + 0.5).to(torch.int64)
+
+    fixed_x = (fix(a2 + a0 * 0.5 + a1 * 0.5) + ys * fix(a1) + xs * fix(a0)) >> 16
+    fixed_y = (fix(a5 + a3 * 0.5 + a4 * 0.5) + ys * fix(a4) + xs * fix(a3)) >> 16
+    use_scale = (a1 == 0) & (a3 == 0)
+    src_x = torch.where(use_scale, scale_x, fixed_x)
+    src_y = torch.where(use_scale, scale_y, fixed_y)
+    valid = (src_x >= 0) & (src_x < w) & (src_y >= 0) & (src_y < h)
+    index = torch.where(valid, src_y * w + src_x, 0).view(n, 1, h * w).expand(n, c, h * w)
+    gathered = images.reshape(n, c, h * w).gather(2, index).view(n, c, h, w)
+    return gathered.masked_fill(~valid.view(n, 1, h, w), fill)
 
 
-@_cached
-def _affine_table(height: int, width: int, device: torch.device) -> Tensor:
-    """float64 [91, 12]: rotation by -45..45 degrees as (d, e, f, a, b, c, d, e, f', a, b, c'), with PIL's
-    fixed-point offsets ``f' = f + d/2 + e/2``, ``c' = c + a/2 + b/2`` summed in PIL's order."""
-    rows = []
-    for degrees in range(-MAX_ROTATE_DEGREES, MAX_ROTATE_DEGREES + 1):
-        a, b, c, d, e, f = _rotation(degrees, height, width)
-        rows.append([d, e, f, a, b, c, d, e, f + d * 0.5 + e * 0.5, a, b, c + a * 0.5 + b * 0.5])
+@functools.lru_cache(maxsize=None)
+def _rotation_table(height: int, width: int, device: torch.device) -> Tensor:
+    """PIL ``Image.rotate`` inverse matrices for integer angles -45..45, float64 [91, 6]."""
+    rows = [rotation_matrix(degrees, height, width) for degrees in ANGLES]
     return torch.tensor(rows, dtype=torch.float64, device=device)
 
 
-class _Grid(NamedTuple):
-    """The output pixels of an H x W image, float64: (x, y, 1) * 2^-16 and (x + 0.5, y + 0.5, 1) [3, H * W],
-    (y, x) [2, H * W]; the largest (y, x) [2, 1] and the strides (W, 1) of a (y, x) coordinate [1, 2]."""
-
-    fixed: Tensor
-    centres: Tensor
-    positions: Tensor
-    largest: Tensor
-    strides: Tensor
+# The slot of PIL's affine matrix (a, b, c, d, e, f) that args[0] sets, for the geometric ops but rotate.
+_AFFINE_SLOT = {int(Op.SHEAR_X): 1, int(Op.SHEAR_Y): 3, int(Op.TRANSLATE_X): 2, int(Op.TRANSLATE_Y): 5}
 
 
-@_cached
-def _grid(height: int, width: int, device: torch.device) -> _Grid:
-    ys, xs = torch.meshgrid(torch.arange(height, dtype=torch.float64, device=device),
-                            torch.arange(width, dtype=torch.float64, device=device), indexing="ij")
-    ys, xs, ones = ys.flatten(), xs.flatten(), torch.ones(height * width, dtype=torch.float64, device=device)
-    return _Grid(torch.stack([xs, ys, ones]) * (1.0 / _FIXED_ONE), torch.stack([xs + 0.5, ys + 0.5, ones]),
-                 torch.stack([ys, xs]), torch.tensor([[height - 1], [width - 1]], dtype=torch.float64, device=device),
-                 torch.tensor([[width, 1]], dtype=torch.float64, device=device))
+def _geometric(images: Tensor, ops: Tensor, args: Tensor, fill: Fill) -> Tensor:
+    """Rotate, shear and translate in one NEAREST affine gather, each sample's matrix from its own op.
 
-
-@_cached
-def _half(device: torch.device) -> Tensor:
-    return torch.full((), 0.5, dtype=torch.float64, device=device)
-
-
-def _source(matrices: Tensor, translate: Tensor | None, height: int, width: int) -> Tensor:
-    """PIL's NEAREST source pixel (y, x) of every output pixel, float64 [N, 2, H * W].
-
-    ``matrices`` [N, 2, 2, 3]: (y row, x row) plain and with the fixed-point
-    offsets. The 16.16 fixed-point path is exact (multiples of 2^-16 below
-    2^37). Pure translations (``translate``; b = d = 0) take PIL's float path,
-    ``COORD(a (x + 0.5) + c)`` with a = 1 here: an exact product; ``floor``
-    stands for COORD, which maps every negative value to -1: both are outside the
-    image. PIL accumulates that sum along the row (``x += a``); for the unit steps
-    used here that can differ from the direct sum only when ``c + 0.5`` lies
-    within ~1e-14 of an integer, which the policies never produce (RA offsets are
-    integers, CTAugment's are within 0.3 px of 0).
+    One gather for all five ops rather than one per op: they were over half of a
+    strong view's time on CPU, nearly all of it per-call overhead on small images.
     """
-    grid = _grid(height, width, matrices.device)
-    plain, shifted = matrices.unbind(1)
-    fixed = torch.floor(torch.add(_half(matrices.device), shifted, alpha=float(_FIXED_ONE)))
-    source = torch.floor(torch.matmul(fixed, grid.fixed))
-    if translate is None:
-        return source
-    return torch.where(translate, torch.floor(torch.matmul(plain, grid.centres)), source)
-
-
-def _cutout_box(positions: Tensor, side: Tensor, args: Tensor) -> Tensor:
-    """bool [N, 1, H * W]: the pixels (y, x) of ``positions`` in the cutout square ``[c - side//2, c + side//2)``
-    centred on args' (row, col); ``side`` [N], rounded, 0 for the samples without a cutout."""
-    half = torch.div(side, 2, rounding_mode="floor").view(-1, 1)
-    centre = args[:, 1:].round()
-    low, high = (centre - half).unsqueeze(2), (centre + half).unsqueeze(2)
-    return ((positions >= low) & (positions < high)).all(1, keepdim=True)
-
-
-def _geometric(images: Tensor, sample: _PerSample, fill: Fill, height: int, width: int,
-               vocabulary: frozenset[Op]) -> Tensor:
-    """Rotate, shear, translate and cutout in one NEAREST affine gather, uint8 [N, C, H * W]."""
-    n, c, count = images.shape
-    _, _, factors = _op_table(images.device)
-    matrices = _affine_table(height, width, images.device)[_row(sample, "affine")]
-    matrices = torch.addcmul(matrices, factors[sample.ops], sample.value.view(n, 1)).view(n, 2, 2, 3)  # exact
-    translate = sample.flags["translate"] if {Op.TRANSLATE_X, Op.TRANSLATE_Y} & vocabulary else None
-    source = _source(matrices, translate, height, width)
-    grid = _grid(height, width, images.device)
-    inside = source.clamp(min=0).minimum(grid.largest)
-    valid = (inside == source).all(1, keepdim=True)
-    index = torch.matmul(grid.strides, inside).long().expand(n, c, count)
-    out = torch.where(valid, images.gather(2, index), fill.geometric)
-    if Op.CUTOUT in vocabulary:
-        side = sample.rounded * sample.numbers["cutout"]
-        out = out.masked_fill(_cutout_box(grid.positions, side, sample.args), fill.cutout)
-    return out
-
-
-def _cutout(images: Tensor, ops: Tensor, args: Tensor, fill: Fill, height: int, width: int) -> Tensor:
-    """A step of cutouts (and identities), uint8 [N, C, H * W]."""
-    side = torch.where(ops == Op.CUTOUT, args[:, 0].round(), 0.0)
-    box = _cutout_box(_grid(height, width, images.device).positions, side, args)
-    return images.masked_fill(box, fill.cutout)
+    n, _, height, width = images.shape
+    value = _scalar(args).to(torch.float64)
+    identity = device_constant((1.0, 0.0, 0.0, 0.0, 1.0, 0.0), torch.float64, images.device)
+    coefficients = identity.repeat(n, 1)
+    for op, slot in _AFFINE_SLOT.items():
+        coefficients[:, slot] = torch.where(ops == op, value, coefficients[:, slot])
+    angle = value.round().to(torch.int64).clamp(-MAX_ROTATE_DEGREES, MAX_ROTATE_DEGREES) + MAX_ROTATE_DEGREES
+    rotation = _rotation_table(height, width, images.device)[angle]
+    coefficients = torch.where((ops == int(Op.ROTATE)).unsqueeze(1), rotation, coefficients)
+    return affine_nearest(images, coefficients, fill.geometric)
 
 
 # ---------------------------------------------------------------- rescale
 
-_SUPPORTS = (3.0, 2.0, 1.0, 0.5, 1.0)  # lanczos, bicubic, bilinear, box, hamming
-# Pillow writes the Hamming window with float literals (0.54f, 0.46f).
-_HAMMING_A = float(torch.tensor(0.54, dtype=torch.float32))
-_HAMMING_B = float(torch.tensor(0.46, dtype=torch.float32))
-
-
-def _sinc(x: Tensor) -> Tensor:
-    scaled = x * math.pi
-    return torch.where(x == 0, 1.0, torch.sin(scaled) / torch.where(x == 0, 1.0, scaled))
-
-
-def _resample_filters(x: Tensor) -> Tensor:
-    """PIL's filters (lanczos, bicubic, bilinear, box, hamming) stacked on dim 0."""
-    ax = x.abs()
-    lanczos = torch.where((x >= -3.0) & (x < 3.0), _sinc(x) * _sinc(x / 3), 0.0)
-    a = -0.5
-    bicubic = torch.where(
-        ax < 1.0,
-        ((a + 2.0) * ax - (a + 3.0)) * ax * ax + 1,
-        torch.where(ax < 2.0, (((ax - 5) * ax + 8) * ax - 4) * a, 0.0),
-    )
-    bilinear = torch.where(ax < 1.0, 1.0 - ax, 0.0)
-    box = torch.where((x > -0.5) & (x <= 0.5), 1.0, 0.0)
-    hamming_inner = _sinc(ax) * (_HAMMING_A + _HAMMING_B * torch.cos(ax * math.pi))
-    hamming = torch.where(ax == 0, 1.0, torch.where(ax >= 1.0, 0.0, hamming_inner))
-    return torch.stack([lanczos, bicubic, bilinear, box, hamming])
-
-
-def _nearest_scale_table(size: int) -> Tensor:
-    """int64 [size + 1, size]: PIL's NEAREST resize source index from a crop of each width.
-
-    PIL walks the row accumulating ``x += crop / size`` in double from
-    ``crop / (2 size)``, so exact ties (e.g. 64 -> 96 px) land on the lower pixel;
-    a direct ``(x + 0.5) * crop / size`` would round them up.
-    """
-    rows = []
-    for crop in range(size + 1):
-        step, position, row = crop / size, crop / size * 0.5, []
-        for _ in range(size):
-            row.append(int(position))
-            position += step
-        rows.append(row)
-    return torch.tensor(rows, dtype=torch.int64)
-
-
-def _crop_resize_weights(size: int, crops: Tensor) -> Tensor:
-    """Fixed-point weights [6, M, size, size] of PIL's resize of a crop of width ``crops[m]``
-    (crop coordinates, columns >= the width are 0) back to ``size``, per method (CPU)."""
-    m = crops.shape[0]
-    crop = crops.to(torch.float64).view(m, 1, 1)
-    out_pos = torch.arange(size, dtype=torch.float64).view(1, size, 1)
-    in_pos = torch.arange(size).view(1, 1, size)
-    center = (out_pos + 0.5) * (crop / size)
-    support = torch.tensor(_SUPPORTS, dtype=torch.float64).view(-1, 1, 1, 1)
-    low = torch.trunc(center - support + 0.5).clamp(min=0)
-    high = torch.minimum(torch.trunc(center + support + 0.5), crop)
-    inside = (in_pos >= low) & (in_pos < high)
-    weights = torch.where(inside, _resample_filters((in_pos - center) + 0.5), 0.0)
-    total = weights.sum(dim=-1, keepdim=True)
-    weights = torch.where(total != 0, weights / torch.where(total != 0, total, 1.0), weights)
-    scaled = weights * float(1 << _RESAMPLE_BITS)
-    fixed = torch.where(scaled < 0, torch.trunc(scaled - 0.5), torch.trunc(scaled + 0.5))
-    nearest_src = _nearest_scale_table(size)[crops].view(m, size, 1)
-    nearest = torch.where(in_pos == nearest_src, float(1 << _RESAMPLE_BITS), 0.0)
-    return torch.cat([fixed, nearest.unsqueeze(0)])
-
-
-def _min_crop(size: int) -> int:
-    """Narrowest crop a fraction <= 0.25 can give (rounding included)."""
-    return max(1, size // 2 - 1)
-
-
-def _max_start(size: int) -> int:
-    """Largest crop start a fraction <= 0.25 can give."""
-    return round(size * 0.25)
-
-
-def _resample_shape(size: int) -> tuple[int, int, int, int]:
-    return size + 1 - _min_crop(size), len(RESCALE_METHODS), size, _max_start(size) + size
-
-
-@_cached
+@functools.lru_cache(maxsize=None)
 def _resample_table(size: int, device: torch.device) -> Tensor:
-    """:func:`_crop_resize_weights` for every reachable crop width, float64 [widths, 6, size (out),
-    max start + size (in)], the crop's columns after ``max start`` zero columns (so that a shift by the
-    crop start is one gather). Made on the CPU, so the same on every device."""
-    weights = _crop_resize_weights(size, torch.arange(_min_crop(size), size + 1)).transpose(0, 1)
-    return F.pad(weights, (_max_start(size), 0)).contiguous().to(device)
-
-
-@torch.library.custom_op("fixmatch_bench::resample_table", mutates_args=())
-def _resample_table_op(size: int, device: torch.device) -> Tensor:
-    return _resample_table(size, device).clone()
-
-
-@_resample_table_op.register_fake
-def _(size: int, device: torch.device) -> Tensor:
-    return torch.empty(_resample_shape(size), dtype=torch.float64, device=device)
-
-
-def _resample_weights(size: int, device: torch.device) -> Tensor:
-    """:func:`_resample_table`; in a compiled graph a copy of it, through an op the compiler does not trace."""
-    return _resample_table_op(size, device) if torch.compiler.is_compiling() else _resample_table(size, device)
-
-
-@_cached
-def _shifted_columns(size: int, device: torch.device) -> Tensor:
-    return torch.arange(_max_start(size), _max_start(size) + size, dtype=torch.float64, device=device)
+    """:func:`.pil_tables.resample_table` on ``device``: [widths, 6, size, size]."""
+    return resample_table(size).to(device)
 
 
 def _resample_matrix(size: int, start: Tensor, stop: Tensor, method: Tensor) -> Tensor:
-    """Fixed-point weights [N, 1, size (out), size (in)] of PIL's crop(start, stop) + resize back to size."""
+    """Fixed-point weights [N, size, size] of PIL's crop(start, stop) + resize back to size."""
     n = start.shape[0]
-    local = _resample_weights(size, start.device)[(stop - start - _min_crop(size)).long(), method]
-    columns = (_shifted_columns(size, start.device) - start.view(n, 1, 1)).long()
-    return local.gather(2, columns.expand(n, size, size)).view(n, 1, size, size)
+    start = start.to(torch.int64)
+    local = _resample_table(size, start.device)[(stop.to(torch.int64) - start) - min_crop(size), method]
+    columns = torch.arange(size, device=start.device).view(1, 1, size) - start.view(n, 1, 1)
+    shifted = local.gather(2, columns.clamp(min=0).expand(n, size, size))
+    return torch.where(columns >= 0, shifted, 0.0)
 
 
-def _resample_pass(mixed: Tensor) -> Tensor:
-    """PIL's rounding of one pass, (2^21 + sum in * k) >> 22 = floor(0.5 + sum * 2^-22) (exact), clipped to
-    0..255 and not yet floored."""
-    return torch.add(_half(mixed.device), mixed, alpha=1.0 / (1 << _RESAMPLE_BITS)).clamp(0, 255)
+def _resample_pass(values: Tensor, matrix: Tensor) -> Tensor:
+    """One PIL pass: (2^21 + sum in * k) >> 22 clipped to 0..255, along the last dim."""
+    mixed = torch.matmul(values, matrix.transpose(-1, -2).unsqueeze(1))
+    return torch.floor((mixed + float(1 << (RESAMPLE_BITS - 1))) / float(1 << RESAMPLE_BITS)).clamp(0, 255)
 
 
-def _rescale(images: Tensor, sample: _PerSample) -> Tensor:
-    """CTAugment's rescale: crop a border of s * size on every side, resize back; uint8 [N, C, H, W]."""
+def _rescale(images: Tensor, args: Tensor, fill: Fill) -> Tensor:
+    """CTAugment's rescale: crop a border of s * size on every side, resize back."""
     n, c, h, w = images.shape
-    fraction = sample.value.clamp(0, 0.25)
-    method = sample.args[:, 1].round().clamp(0, len(RESCALE_METHODS) - 1).long()
+    fraction = args[:, 0].to(torch.float64).clamp(0, 0.25)
+    method = args[:, 1].round().to(torch.int64).clamp(0, len(RESCALE_METHODS) - 1)
     matrix_x = _resample_matrix(w, torch.round(fraction * w), torch.round(w * (1 - fraction)), method)
-    matrix_y = matrix_x if h == w else _resample_matrix(h, torch.round(fraction * h),
-                                                        torch.round(h * (1 - fraction)), method)
-    horizontal = torch.floor(_resample_pass(torch.matmul(images.double(), matrix_x.transpose(2, 3))))
-    return _resample_pass(torch.matmul(matrix_y, horizontal)).to(torch.uint8)  # truncates: floor
+    matrix_y = _resample_matrix(h, torch.round(fraction * h), torch.round(h * (1 - fraction)), method)
+    horizontal = _resample_pass(images.to(torch.float64), matrix_x)
+    vertical = _resample_pass(horizontal.transpose(-1, -2), matrix_y).transpose(-1, -2)
+    return vertical.to(torch.uint8)
 
 
-# ---------------------------------------------------------------- one step
-
-_COLOUR_OPS = frozenset(_BLENDED) | {Op.SOLARIZE, Op.POSTERIZE}
-_GEOMETRIC_OPS = frozenset({Op.ROTATE, Op.SHEAR_X, Op.SHEAR_Y, Op.TRANSLATE_X, Op.TRANSLATE_Y, Op.CUTOUT})
-# A sample's family: its op's; the dense step runs every family, the bucketed one each on its samples.
-_FAMILIES = (_GEOMETRIC_OPS, _COLOUR_OPS, frozenset({Op.RESCALE}))
+# ---------------------------------------------------------------- cutout
 
 
-def _dense_step(images: Tensor, ops: Tensor, args: Tensor, fill: Fill, vocabulary: frozenset[Op]) -> Tensor:
-    """Apply ``ops[i]`` with ``args[i]`` to image i for ops in ``vocabulary``: each family on the whole batch."""
-    n, c, h, w = images.shape
-    if not vocabulary - {Op.IDENTITY}:
+def _cutout(images: Tensor, args: Tensor, fill: Fill) -> Tensor:
+    n, _, h, w = images.shape
+    half = torch.div(args[:, 0].round().to(torch.int64), 2, rounding_mode="floor").view(n, 1, 1)
+    cy = args[:, 1].round().to(torch.int64).view(n, 1, 1)
+    cx = args[:, 2].round().to(torch.int64).view(n, 1, 1)
+    ys = torch.arange(h, device=images.device).view(1, h, 1)
+    xs = torch.arange(w, device=images.device).view(1, 1, w)
+    inside = (ys >= cy - half) & (ys < cy + half) & (xs >= cx - half) & (xs < cx + half)
+    return images.masked_fill(inside.unsqueeze(1), fill.cutout)
+
+
+_OPS: dict[Op, Callable[[Tensor, Tensor, Fill], Tensor]] = {
+    Op.AUTOCONTRAST: _blend_op(autocontrast),
+    Op.EQUALIZE: _blend_op(equalize),
+    Op.INVERT: _blend_op(lambda x: 255 - x),
+    Op.BLUR: _blend_op(blur_filter),
+    Op.SMOOTH: _blend_op(smooth_filter),
+    Op.BRIGHTNESS: _brightness,
+    Op.COLOR: _color,
+    Op.CONTRAST: _contrast,
+    Op.SHARPNESS: _sharpness,
+    Op.SOLARIZE: _solarize,
+    Op.POSTERIZE: _posterize,
+    Op.RESCALE: _rescale,
+    Op.CUTOUT: _cutout,
+}
+# Each op's kernel: itself, or for the geometric ops the shared one, keyed by the first of them.
+_KERNEL_OF = tuple(int(GEOMETRIC_OPS[0] if op in GEOMETRIC_OPS else op) for op in Op)
+
+
+def _apply_kernel(kernel: Op, images: Tensor, ops: Tensor, args: Tensor, fill: Fill) -> Tensor:
+    """The kernel ``kernel`` (a value of :data:`_KERNEL_OF`) on every image."""
+    if kernel == Op.IDENTITY:
         return images
-    out = images.reshape(n, c, h * w)
-    if vocabulary - {Op.IDENTITY} == {Op.CUTOUT}:
-        return _cutout(out, ops, args, fill, h, w).view(n, c, h, w)
-    sample = _per_sample(ops, args)
-    if _GEOMETRIC_OPS & vocabulary:
-        out = _geometric(out, sample, fill, h, w, vocabulary)
-    if _COLOUR_OPS & vocabulary:
-        out = _colour(out, sample, h, vocabulary)
-    out = out.view(n, c, h, w)
-    if Op.RESCALE in vocabulary:
-        out = torch.where(sample.flags["rescale"].unsqueeze(1), _rescale(images, sample), out)
-    return out
+    if kernel == GEOMETRIC_OPS[0]:
+        return _geometric(images, ops, args, fill)
+    return _OPS[kernel](images, args, fill)
 
 
 def _bucketed_step(images: Tensor, ops: Tensor, args: Tensor, fill: Fill, vocabulary: frozenset[Op]) -> Tensor:
-    """The dense step on each family's samples only (host-side bucketing by the ops present)."""
-    present = set(map(Op, torch.unique(ops).tolist()))
-    check_vocabulary(present, vocabulary)
-    buckets = [family & present for family in _FAMILIES if family & present]
-    if len(buckets) <= 1:  # e.g. the final cutout step: no bucketing copies
-        return _dense_step(images, ops, args, fill, frozenset(present))
+    """Each kernel on the samples that use it (host-side bucketing)."""
+    check_vocabulary(set(map(Op, torch.unique(ops).tolist())), vocabulary)
+    kernels = device_constant(_KERNEL_OF, torch.int64, images.device)[ops]
+    present = torch.unique(kernels).tolist()
+    if len(present) == 1:  # e.g. the final cutout step: no bucketing copies
+        return _apply_kernel(Op(present[0]), images, ops, args, fill)
     out = images.clone()
-    for bucket in buckets:
-        index = torch.isin(ops, torch.tensor(sorted(bucket))).nonzero().squeeze(1)
-        out[index] = _dense_step(images.index_select(0, index), ops.index_select(0, index),
-                                 args.index_select(0, index), fill, frozenset(bucket))
+    for kernel in present:
+        if kernel == Op.IDENTITY:
+            continue
+        index = (kernels == kernel).nonzero().squeeze(1)
+        out[index] = _apply_kernel(Op(kernel), images.index_select(0, index), ops.index_select(0, index),
+                                   args.index_select(0, index), fill)
     return out
 
 
 def apply_step(images: Tensor, ops: Tensor, args: Tensor, fill: Fill, dense: bool | None = None,
-               vocabulary: frozenset[Op] = frozenset(Op)) -> Tensor:
+               vocabulary: frozenset[Op] = EVERY_OP) -> Tensor:
     """Apply ``ops[i]`` with ``args[i]`` to image i (ops int64 [N], args float64 [N, 3]).
 
-    ``vocabulary``: the ops the step may hold (besides IDENTITY; an op outside it is an error on the
-    bucketed path and is not applied on the dense one). ``dense`` (default: on CUDA) runs every family
-    the vocabulary needs on the whole batch, with no host synchronisation; otherwise samples are
-    bucketed by family.
+    ``vocabulary``: the ops the step may hold (IDENTITY always); an op outside it is an error here and
+    is not applied by the dense form. ``dense`` (default: on CUDA) runs the step in its dense form
+    (:func:`.dense_ops.dense_step`), with no host synchronisation; otherwise samples are bucketed by kernel.
     """
     if images.is_cuda if dense is None else dense:
-        return _dense_step(images, ops, args, fill, vocabulary)
+        return dense_ops.dense_step(images, ops, args, fill, vocabulary)
     return _bucketed_step(images, ops, args, fill, vocabulary)
 
 
@@ -640,7 +353,7 @@ def apply_steps(images: Tensor, ops: Tensor, args: Tensor, fill: Fill, dense: bo
             f"ops must be [N, K] and args [N, K, {NUM_ARGS}] for N = {images.shape[0]}, "
             f"got {tuple(ops.shape)} and {tuple(args.shape)}"
         )
-    vocabulary = (frozenset(Op),) * ops.shape[1] if vocabulary is None else tuple(vocabulary)
+    vocabulary = (EVERY_OP,) * ops.shape[1] if vocabulary is None else tuple(vocabulary)
     if len(vocabulary) != ops.shape[1]:
         raise ValueError(f"vocabulary must name the ops of each of the {ops.shape[1]} steps, got {len(vocabulary)}")
     for k in range(ops.shape[1]):
@@ -648,10 +361,7 @@ def apply_steps(images: Tensor, ops: Tensor, args: Tensor, fill: Fill, dense: bo
     return images
 
 
-# ---------------------------------------------------------------- weak view
-
-
-@_cached
+@functools.lru_cache(maxsize=None)
 def _reflections(size: int, device: torch.device) -> Tensor:
     """int64 [2, 2 size - 1, size]: ``tf.pad(mode='REFLECT')`` source index of output i for shift s
     (row s + size - 1; mirror without repeating the edge), then the same of the flipped row."""
