@@ -61,10 +61,10 @@ class Augmenter:
     def compile(self) -> Augmenter:
         """Apply the ops through ``torch.compile`` in their dense form (``speed.compile_augment``).
 
-        Every op is computed for the whole batch and selected per sample, in one
-        graph per batch shape (``fullgraph``: a graph break is an error, not a
-        silent slowdown) with no host synchronisation. The draws stay eager. No
-        CUDA graphs: the caller keeps views (the labeled one, for CTAugment's
+        The dense form (:mod:`.dense_ops`) runs each family of ops on the whole batch,
+        in one graph per batch shape and step vocabulary (``fullgraph``: a graph break is
+        an error, not a silent slowdown) with no host synchronisation. The draws stay
+        eager. No CUDA graphs: the caller keeps views (the labeled one, for CTAugment's
         probes) across calls.
         """
         if self.impl != "batched":
@@ -102,7 +102,7 @@ class Augmenter:
         raise NotImplementedError
 
     def _strong_vocabulary(self) -> tuple[frozenset[Op], ...]:
-        """The ops each step of :meth:`_strong_steps` may hold (the dense ops run only their kernels)."""
+        """The ops each step of :meth:`_strong_steps` may hold: the dense form runs only what they need."""
         raise NotImplementedError
 
     def _cutout_vocabulary(self) -> tuple[frozenset[Op], ...]:

@@ -43,6 +43,7 @@ Documented differences from the official run:
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
@@ -85,6 +86,7 @@ def cutout_side(height: int, width: int, level: float = 1.0) -> int:
     return 1 + int(level * min(height, width) * 0.499)
 
 
+@functools.lru_cache(maxsize=None)
 def _level_table(height: int, width: int, translate_fix: bool) -> tuple[tuple[float, ...], ...]:
     """Per CTA op, its level v's mapping to args[0] as ``((v * scale + shift) * factor) * size``, truncated
     where flagged, plus offset, rounded where flagged (each float operation as the official code orders

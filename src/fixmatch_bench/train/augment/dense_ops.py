@@ -7,10 +7,11 @@ geometric ops and cutout are one NEAREST affine gather (the identity matrix and 
 other ops); every colour op is one ``Image.blend(first, second, weight)`` whose images are the input,
 a per-channel lookup table of it (invert, solarize, posterize, autocontrast, equalize), a filtered
 image (blur, smooth), a gray image or a constant (weight 0 for the other ops); rescale is a pair of
-resampling matrices, selected per sample. The parameters come from tables indexed by the op
-(:func:`_op_table`), and a step runs only the families and parts that its ``vocabulary`` (the ops it
-may hold) needs. Computing every op's own kernel for the whole batch instead, as before issue 28,
-issued about four times the operator calls (``reports/operator_calls.md``).
+resampling matrices, selected per sample. The matrix products are float64 (exact; TF32 never applies).
+The parameters come from tables indexed by the op (:func:`_op_table`), and a step runs only the
+families and parts that its ``vocabulary`` (the ops it may hold) needs. Computing every op's own kernel
+for the whole batch, as before issue 28, issued four to six times the operator calls per training
+step (``reports/operator_calls.md``).
 
 **Rounding that does not depend on the compiler.** Inductor may contract a
 product and a sum into one fused multiply-add (Triton does by default on CUDA,

@@ -32,7 +32,10 @@ CUTOUT             ``args[0]`` = side s, ``args[1:3]`` = centre (row, col); the 
                    spans ``[c - s//2, c + s//2)`` clipped to the image
 =================  ==============================================================
 
-Fill values are per augmenter, not per op: see :class:`Fill`.
+Fill values are per augmenter, not per op: see :class:`Fill`. Each policy also names the ops
+that each of its steps may hold, the step's *vocabulary* (``randaugment.STEP_OPS``,
+``ctaugment.STEP_OPS``, :data:`CUTOUT_STEP`; IDENTITY always): the dense ops
+(:mod:`.dense_ops`) run only the kernels a step's vocabulary needs, and the CPU paths check it.
 """
 
 from __future__ import annotations
