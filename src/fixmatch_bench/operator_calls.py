@@ -63,21 +63,25 @@ VIEWS_BEFORE = {"weak view": 38, "RandAugment strong view": 2097, "CTAugment str
                 "CTAugment probe view": 1377, "the all-cutout step": 662}
 
 
+def _phase(event: FunctionEvent) -> str | None:
+    """The innermost phase around an aten call (autograd's backward: forward + backward), or None when the
+    call is nested in another aten call."""
+    phase, parent = None, event.cpu_parent
+    while parent is not None:
+        if parent.name.startswith("aten::"):
+            return None
+        if phase is None and parent.name in PHASES:
+            phase = parent.name
+        elif phase is None and parent.name.startswith(_BACKWARD):
+            phase = "forward + backward"
+        parent = parent.cpu_parent
+    return phase or "other"
+
+
 def top_level_calls(events: list[FunctionEvent]) -> collections.Counter[str]:
-    """Calls per phase: every aten operator not nested in another, attributed to its innermost phase."""
-    counts: collections.Counter[str] = collections.Counter()
-    for event in events:
-        if not event.name.startswith("aten::"):
-            continue
-        phase, parent = "other", event.cpu_parent
-        while parent is not None and not parent.name.startswith("aten::"):
-            if parent.name in PHASES or parent.name.startswith(_BACKWARD):
-                phase = "forward + backward" if parent.name.startswith(_BACKWARD) else parent.name
-                break
-            parent = parent.cpu_parent
-        if parent is None or not parent.name.startswith("aten::"):
-            counts[phase] += 1
-    return counts
+    """Calls per phase: every aten operator not nested in another."""
+    phases = (_phase(event) for event in events if event.name.startswith("aten::"))
+    return collections.Counter(phase for phase in phases if phase is not None)
 
 
 def count_calls(function: Callable[[], Any]) -> collections.Counter[str]:
