@@ -184,4 +184,5 @@ def test_make_bench_collects_every_benchmark_file():
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
     collected = {line.split("::")[0] for line in done.stdout.splitlines() if "::" in line}
-    assert collected == {"benchmarks/bench_augment.py", "benchmarks/bench_network.py", "benchmarks/bench_step.py"}
+    assert collected == {"benchmarks/bench_augment.py", "benchmarks/bench_network.py", "benchmarks/bench_operator_calls.py",
+                         "benchmarks/bench_step.py"}

@@ -24,15 +24,16 @@ on CUDA it is PyTorch's own default). The others trade exactness for speed:
   ``compile_augment``), ``loss.backward()``'s call and the DDP buffer broadcast.
 - ``compile_augment``: ``torch.compile`` (``fullgraph``, no CUDA graphs: the
   views are kept across calls) of the batched augmentation ops in their dense
-  form, every op computed for the whole batch and selected per sample: one
-  graph with no host synchronisation. Eager, that form dispatches thousands of
-  small ops per view (counted with torch.profiler on CPU: 4,832 aten calls,
-  nested ones included, for the ops of one RandAugment strong view), which on
-  a GPU is expected to be bound by kernel launches (not measured here). The
-  random draws stay eager (explicit generators). Bit-identical to the eager
-  ops (checked on CPU); meant for CUDA: on CPU the eager bucketed path is much
-  faster (measured on 448 CIFAR-sized images, the ops of one RandAugment
-  strong view: 7.5–8.0 ms eager vs 268 ms compiled-dense).
+  form (:mod:`.augment.dense_ops`: each family of ops run on the whole batch with
+  per-sample parameters), one graph with no host synchronisation. Eager, that
+  form issues a few hundred operator calls per training step, roughly one kernel
+  launch each on a GPU (reports/operator_calls.md, counted with torch.profiler
+  on CPU: 373 for RandAugment and 827 for CTAugment, against 2,191 and 3,581
+  before issue 28); the compiled graph's kernel count is not measured here. The
+  random draws stay eager (explicit generators). Bit-identical to the eager ops,
+  also with FMA contraction forced on (checked on CPU:
+  ``tests/test_augment_compiled.py``); meant for CUDA: on CPU the eager
+  bucketed path stays the default (it runs each op on its own samples only).
 - ``tf32``: on CUDA, allow TensorFloat-32 in cuDNN convolutions and in matmuls
   (operands rounded to a 10-bit mantissa; faster on Ampere and newer GPUs).
   Off by default, and then set off explicitly: PyTorch's own default lets cuDNN

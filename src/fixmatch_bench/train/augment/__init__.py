@@ -27,7 +27,8 @@ from torch import Tensor
 from ..speed import guarded, static_compile
 from . import pil_ops, randaugment, tensor_ops
 from .ctaugment import CTA_FILL, CTAugment, cutout_side
-from .primitives import Fill, cutout_step
+from .ctaugment import STEP_OPS as CTA_STEP_OPS
+from .primitives import CUTOUT_STEP, Fill, Op, cutout_step
 from .weak import check_translate, sample_weak
 
 STRONG_KINDS = ("randaugment", "ctaugment", "none")
@@ -49,13 +50,21 @@ class Augmenter:
         self._apply_steps: Callable[..., Tensor] = backend.apply_steps
         self._flip_shift: Callable[..., Tensor] = backend.flip_shift
 
+    def dense(self) -> Augmenter:
+        """Apply the ops in their dense form (what CUDA runs) on any device, eagerly: what
+        :mod:`fixmatch_bench.operator_calls` counts on CPU."""
+        if self.impl != "batched":
+            raise ValueError(f"dense() needs impl='batched', this augmenter is impl={self.impl!r}")
+        self._apply_steps = functools.partial(tensor_ops.apply_steps, dense=True)
+        return self
+
     def compile(self) -> Augmenter:
         """Apply the ops through ``torch.compile`` in their dense form (``speed.compile_augment``).
 
-        Every op is computed for the whole batch and selected per sample, in one
-        graph per batch shape (``fullgraph``: a graph break is an error, not a
-        silent slowdown) with no host synchronisation. The draws stay eager. No
-        CUDA graphs: the caller keeps views (the labeled one, for CTAugment's
+        The dense form (:mod:`.dense_ops`) runs each family of ops on the whole batch,
+        in one graph per batch shape and step vocabulary (``fullgraph``: a graph break is
+        an error, not a silent slowdown) with no host synchronisation. The draws stay
+        eager. No CUDA graphs: the caller keeps views (the labeled one, for CTAugment's
         probes) across calls.
         """
         if self.impl != "batched":
@@ -80,8 +89,9 @@ class Augmenter:
             raise ValueError(f"generator must be on the images' device {images.device}, got {generator.device}")
         check_translate(self.translate, images.shape[2], images.shape[3])
 
-    def _apply(self, images: Tensor, ops: Tensor, args: Tensor, fill: Fill) -> Tensor:
-        return self._apply_steps(images, ops, args, fill)
+    def _apply(self, images: Tensor, ops: Tensor, args: Tensor, fill: Fill,
+               vocabulary: tuple[frozenset[Op], ...] | None = None) -> Tensor:
+        return self._apply_steps(images, ops, args, fill, vocabulary=vocabulary)
 
     def _weak(self, images: Tensor, generator: torch.Generator, share: slice) -> Tensor:
         params = sample_weak(images.shape[0], self.flip, self.translate, generator)
@@ -90,6 +100,13 @@ class Augmenter:
     def _strong_steps(self, n: int, height: int, width: int, generator: torch.Generator) -> tuple[Tensor, Tensor, Fill]:
         """The strong policy (after the weak view) as primitive steps, and its fill."""
         raise NotImplementedError
+
+    def _strong_vocabulary(self) -> tuple[frozenset[Op], ...]:
+        """The ops each step of :meth:`_strong_steps` may hold: the dense form runs only what they need."""
+        raise NotImplementedError
+
+    def _cutout_vocabulary(self) -> tuple[frozenset[Op], ...]:
+        return (CUTOUT_STEP,) if self.cutout > 0 else ()
 
     # ------------------------------------------------------------ public API
 
@@ -104,7 +121,7 @@ class Augmenter:
         weak = self._weak(images, generator, share)
         n, _, height, width = images.shape
         ops, args, fill = self._strong_steps(n, height, width, generator)
-        return self._apply(weak, ops[share], args[share], fill)
+        return self._apply(weak, ops[share], args[share], fill, self._strong_vocabulary())
 
     def probe(self, images: Tensor, generator: torch.Generator, share: slice = ALL) -> tuple[Tensor, Tensor]:
         """CTAugment only; raises RuntimeError for the other kinds."""
@@ -140,6 +157,9 @@ class NoStrongAugmenter(Augmenter):
             args = torch.zeros((n, 0, 3), dtype=torch.float64, device=device)
         return ops, args, self.fill
 
+    def _strong_vocabulary(self) -> tuple[frozenset[Op], ...]:
+        return self._cutout_vocabulary()
+
 
 class RandAugmenter(Augmenter):
     """``strong="randaugment"``: the official ``rac`` policy (:mod:`.randaugment`)."""
@@ -151,6 +171,9 @@ class RandAugmenter(Augmenter):
     def _strong_steps(self, n: int, height: int, width: int, generator: torch.Generator) -> tuple[Tensor, Tensor, Fill]:
         ops, args = randaugment.sample_steps(n, height, width, self.cutout, generator, self.translate_scale)
         return ops, args, randaugment.RA_FILL
+
+    def _strong_vocabulary(self) -> tuple[frozenset[Op], ...]:
+        return (randaugment.STEP_OPS,) * randaugment.NUM_LAYERS + self._cutout_vocabulary()
 
 
 class CTAugmenter(Augmenter):
@@ -178,6 +201,9 @@ class CTAugmenter(Augmenter):
             ops, args = torch.cat([ops, cut_ops], dim=1), torch.cat([args, cut_args], dim=1)
         return ops, args, CTA_FILL
 
+    def _strong_vocabulary(self) -> tuple[frozenset[Op], ...]:
+        return (CTA_STEP_OPS,) * self.cta.depth + self._cutout_vocabulary()
+
     def probe(self, images: Tensor, generator: torch.Generator, share: slice = ALL) -> tuple[Tensor, Tensor]:
         """One probe view per (already weak-augmented) image of ``images[share]``: uniform ops and
         levels, no cutout.
@@ -188,7 +214,8 @@ class CTAugmenter(Augmenter):
         n, _, height, width = images.shape
         policy = self.cta.sample_policy(n, generator, probe=True)
         ops, args = self.cta.resolve(policy, height, width, generator)
-        return self._apply(images[share], ops[share], args[share], CTA_FILL), policy[share]
+        probes = self._apply(images[share], ops[share], args[share], CTA_FILL, (CTA_STEP_OPS,) * self.cta.depth)
+        return probes, policy[share]
 
     def update(self, policies: Tensor, p_true: Tensor) -> None:
         """Update the rates from the probes' policies and true-class probabilities, in probe order.

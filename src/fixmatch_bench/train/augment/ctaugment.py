@@ -43,6 +43,7 @@ Documented differences from the official run:
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
@@ -74,6 +75,7 @@ CTA_OPS: tuple[tuple[str, Op, tuple[int, ...]], ...] = (
     ("translate_x", Op.TRANSLATE_X, (17,)),
     ("translate_y", Op.TRANSLATE_Y, (17,)),
 )
+STEP_OPS = frozenset(prim for _, prim, _ in CTA_OPS)  # what a policy step may hold
 MAX_BIN_SETS = 2
 MAX_BINS = 17
 POLICY_WIDTH = 1 + MAX_BIN_SETS
@@ -82,6 +84,36 @@ POLICY_WIDTH = 1 + MAX_BIN_SETS
 def cutout_side(height: int, width: int, level: float = 1.0) -> int:
     """CTAugment's cutout side ``1 + int(level * min(W, H) * 0.499)``."""
     return 1 + int(level * min(height, width) * 0.499)
+
+
+@functools.lru_cache(maxsize=None)
+def _level_table(height: int, width: int, translate_fix: bool) -> tuple[tuple[float, ...], ...]:
+    """Per CTA op, its level v's mapping to args[0] as ``((v * scale + shift) * factor) * size``, truncated
+    where flagged, plus offset, rounded where flagged (each float operation as the official code orders
+    it; the rounded op has offset 0), then
+    whether args[1] is the rescale method ``trunc(v2 * 5.99)`` and whether args[1:3] are the cutout centre.
+
+    ``(2v - 1) * 0.3`` for shear and translate (times the width / height with ``translate_fix``),
+    ``round((2v - 1) * 45)`` degrees, ``0.1 + 1.9 v`` for the enhancers, ``1 + trunc(v * 7.999)`` bits,
+    ``trunc(v * 255.999)`` for solarize, ``v * 0.25`` for rescale, ``1 + trunc(v * min(H, W) * 0.499)``
+    for cutout, v for the blended ops, 0 for identity.
+    """
+    signed = (2.0, -1.0, 0.3)
+    mappings = {
+        Op.BRIGHTNESS: (1.9, 0.1, 1.0), Op.COLOR: (1.9, 0.1, 1.0), Op.CONTRAST: (1.9, 0.1, 1.0),
+        Op.SHARPNESS: (1.9, 0.1, 1.0), Op.CUTOUT: (float(min(height, width)), 0.0, 0.499),
+        Op.IDENTITY: (0.0, 0.0, 1.0), Op.POSTERIZE: (7.999, 0.0, 1.0), Op.RESCALE: (0.25, 0.0, 1.0),
+        Op.ROTATE: (2.0, -1.0, 45.0), Op.SHEAR_X: signed, Op.SHEAR_Y: signed, Op.SOLARIZE: (255.999, 0.0, 1.0),
+        Op.TRANSLATE_X: signed, Op.TRANSLATE_Y: signed,
+    }
+    size = {Op.TRANSLATE_X: float(width), Op.TRANSLATE_Y: float(height)} if translate_fix else {}
+    rows = []
+    for _, prim, _ in CTA_OPS:
+        truncate = prim in (Op.CUTOUT, Op.POSTERIZE, Op.SOLARIZE)
+        rows.append((*mappings.get(prim, (1.0, 0.0, 1.0)), size.get(prim, 1.0), float(truncate),
+                     float(prim == Op.ROTATE), float(prim in (Op.CUTOUT, Op.POSTERIZE)), float(prim == Op.RESCALE),
+                     float(prim == Op.CUTOUT)))
+    return tuple(rows)
 
 
 def _bin_counts(device: torch.device) -> Tensor:
@@ -160,43 +192,22 @@ class CTAugment:
         return torch.cat([op.unsqueeze(-1).to(torch.float64), levels], dim=-1)
 
     def resolve(self, policy: Tensor, height: int, width: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-        """Policies [n, depth, 3] -> primitive steps (the official level mappings).
+        """Policies [n, depth, 3] -> primitive steps (the official level mappings, :func:`_level_table`).
 
         Draws one cutout centre per slot (used only where the op is cutout).
         """
         device = policy.device
         op = policy[..., 0].to(torch.int64)
         v, v2 = policy[..., 1], policy[..., 2]
-        signed = (2 * v - 1) * 0.3
-        factor = 0.1 + 1.9 * v
-        translate = signed * float(width) if self.translate_fix else signed
-        translate_y = signed * float(height) if self.translate_fix else signed
-        side = 1 + torch.trunc(v * min(height, width) * 0.499)
         rows = torch.randint(0, height, op.shape, generator=generator, device=device).to(torch.float64)
         cols = torch.randint(0, width, op.shape, generator=generator, device=device).to(torch.float64)
-        zero = torch.zeros_like(v)
-        first = {
-            Op.AUTOCONTRAST: v, Op.BLUR: v, Op.EQUALIZE: v, Op.INVERT: v, Op.SMOOTH: v,
-            Op.BRIGHTNESS: factor, Op.COLOR: factor, Op.CONTRAST: factor, Op.SHARPNESS: factor,
-            Op.CUTOUT: side, Op.IDENTITY: zero,
-            Op.POSTERIZE: 1 + torch.trunc(v * 7.999),
-            Op.RESCALE: v * 0.25,
-            Op.ROTATE: torch.round((2 * v - 1) * 45),
-            Op.SHEAR_X: signed, Op.SHEAR_Y: signed,
-            Op.SOLARIZE: torch.trunc(v * 255.999),
-            Op.TRANSLATE_X: translate, Op.TRANSLATE_Y: translate_y,
-        }  # fmt: skip
-        values = torch.stack([first[prim] for _, prim, _ in CTA_OPS]).gather(0, op.unsqueeze(0)).squeeze(0)
-        is_cutout = op == [name for name, _, _ in CTA_OPS].index("cutout")
-        is_rescale = op == [name for name, _, _ in CTA_OPS].index("rescale")
-        args = torch.stack(
-            [
-                values,
-                torch.where(is_cutout, rows, torch.where(is_rescale, torch.trunc(v2 * 5.99), 0.0)),
-                torch.where(is_cutout, cols, 0.0),
-            ],
-            dim=-1,
-        )
+        table = device_constant(_level_table(height, width, self.translate_fix), torch.float64, device)
+        scale, shift, factor, size, truncate, rounds, offset, rescale, cutout = table[op].unbind(-1)
+        value = ((v * scale + shift) * factor) * size
+        value = torch.where(truncate.bool(), value.trunc(), value) + offset
+        value = torch.where(rounds.bool(), value.round(), value)
+        second = torch.addcmul(rows * cutout, torch.trunc(v2 * 5.99), rescale)
+        args = torch.stack([value, second, cols * cutout], dim=-1)
         primitive = device_constant(tuple(int(prim) for _, prim, _ in CTA_OPS), torch.int64, device)
         return primitive[op], args
 

@@ -9,12 +9,14 @@ R = G = B is exact). This is the ground truth :mod:`.tensor_ops` is tested again
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 from torch import Tensor
 
-from .primitives import RESCALE_METHODS, Fill, Op
+from .primitives import RESCALE_METHODS, Fill, Op, check_vocabulary
 from .tensor_ops import check_images
 
 _RESAMPLING = {
@@ -98,9 +100,13 @@ def apply_op(image: Image.Image, op: Op, args: list[float], fill: Fill) -> Image
     raise ValueError(f"unknown op {op!r}")
 
 
-def apply_steps(images: Tensor, ops: Tensor, args: Tensor, fill: Fill) -> Tensor:
-    """Per-image reference of :func:`.tensor_ops.apply_steps` (CPU tensors)."""
+def apply_steps(images: Tensor, ops: Tensor, args: Tensor, fill: Fill,
+                vocabulary: Sequence[frozenset[Op]] | None = None) -> Tensor:
+    """Per-image reference of :func:`.tensor_ops.apply_steps` (CPU tensors); checks the ops against
+    ``vocabulary`` as the batched ops do."""
     check_images(images)
+    for k, step_vocabulary in enumerate(vocabulary or ()):
+        check_vocabulary(set(map(Op, ops[:, k].tolist())), step_vocabulary)
     out = torch.empty_like(images)
     for i, (image, image_ops, image_args) in enumerate(zip(images.cpu(), ops.tolist(), args.tolist())):
         pil = to_pil(image)

@@ -32,7 +32,10 @@ CUTOUT             ``args[0]`` = side s, ``args[1:3]`` = centre (row, col); the 
                    spans ``[c - s//2, c + s//2)`` clipped to the image
 =================  ==============================================================
 
-Fill values are per augmenter, not per op: see :class:`Fill`.
+Fill values are per augmenter, not per op: see :class:`Fill`. Each policy also names the ops
+that each of its steps may hold, the step's *vocabulary* (``randaugment.STEP_OPS``,
+``ctaugment.STEP_OPS``, :data:`CUTOUT_STEP`; IDENTITY always): the dense ops
+(:mod:`.dense_ops`) run only the kernels a step's vocabulary needs, and the CPU paths check it.
 """
 
 from __future__ import annotations
@@ -107,6 +110,19 @@ def cutout_step(n: int, height: int, width: int, side: int, generator: torch.Gen
     args = torch.stack([torch.full((n,), side, device=device), rows, cols], dim=1).to(torch.float64)
     ops = torch.full((n, 1), int(Op.CUTOUT), dtype=torch.int64, device=device)
     return ops, args.unsqueeze(1)
+
+
+EVERY_OP = frozenset(Op)
+CUTOUT_STEP = frozenset({Op.CUTOUT})
+
+
+def check_vocabulary(present: set[Op], vocabulary: frozenset[Op]) -> None:
+    """Raise ValueError if a step holds an op outside its ``vocabulary`` (IDENTITY always allowed): the
+    dense ops compute only the vocabulary's kernels."""
+    outside = present - vocabulary - {Op.IDENTITY}
+    if outside:
+        raise ValueError(f"the step holds {sorted(op.name for op in outside)}, outside its vocabulary "
+                         f"{sorted(op.name for op in vocabulary)}")
 
 
 @functools.lru_cache(maxsize=None)

@@ -60,6 +60,7 @@ RA_OPS: tuple[tuple[str, Op], ...] = (
     ("Posterize", Op.POSTERIZE),
     ("ShearY", Op.SHEAR_Y),
 )
+STEP_OPS = frozenset(prim for _, prim in RA_OPS)  # what a policy step may hold
 NUM_LAYERS = 2
 MAX_LEVEL = 10  # np.random.randint(1, 10): levels 1..9
 APPLY_PROBABILITY = 0.5

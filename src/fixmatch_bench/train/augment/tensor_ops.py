@@ -18,24 +18,23 @@ Every op reproduces Pillow's integer arithmetic, so that it matches
   done as exact float64 matrix products; NEAREST via PIL's accumulated affine walk.
 
 On CPU each step buckets the samples by kernel (``index_select`` of the images
-that use it; rotate, shear and translate share one affine kernel); on CUDA
-every kernel is computed for the whole batch and selected with
-``torch.where``, which needs no host synchronisation.
+that use it; rotate, shear and translate share one affine kernel), which needs
+host synchronisation; on CUDA a step runs in its dense form
+(:mod:`.dense_ops`), with none.
 """
 
 from __future__ import annotations
 
 import functools
-import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
 
-from .primitives import GEOMETRIC_OPS, MAX_ROTATE_DEGREES, NUM_ARGS, RESCALE_METHODS, Fill, Op, device_constant
-
-_FIXED_ONE = 1 << 16  # PIL's affine fixed point
-_RESAMPLE_BITS = 22  # PIL's 8-bit resampling precision (32 - 8 - 2)
+from . import dense_ops
+from .pil_tables import ANGLES, FIXED_ONE, RESAMPLE_BITS, min_crop, resample_table, rotation_matrix
+from .primitives import (EVERY_OP, GEOMETRIC_OPS, MAX_ROTATE_DEGREES, NUM_ARGS, RESCALE_METHODS, Fill, Op,
+                         check_vocabulary, device_constant)
 
 
 def check_images(images: Tensor, name: str = "images") -> None:
@@ -192,7 +191,7 @@ def affine_nearest(images: Tensor, coefficients: Tensor, fill: int) -> Tensor:
     scale_y = coord(a4 * (ys + 0.5) + a5).expand(n, h, w)
 
     def fix(v: Tensor) -> Tensor:
-        return torch.floor(v * float(_FIXED_ONE) + 0.5).to(torch.int64)
+        return torch.floor(v * float(FIXED_ONE) + 0.5).to(torch.int64)
 
     fixed_x = (fix(a2 + a0 * 0.5 + a1 * 0.5) + ys * fix(a1) + xs * fix(a0)) >> 16
     fixed_y = (fix(a5 + a3 * 0.5 + a4 * 0.5) + ys * fix(a4) + xs * fix(a3)) >> 16
@@ -208,19 +207,7 @@ def affine_nearest(images: Tensor, coefficients: Tensor, fill: int) -> Tensor:
 @functools.lru_cache(maxsize=None)
 def _rotation_table(height: int, width: int, device: torch.device) -> Tensor:
     """PIL ``Image.rotate`` inverse matrices for integer angles -45..45, float64 [91, 6]."""
-    rows = []
-    for degrees in range(-MAX_ROTATE_DEGREES, MAX_ROTATE_DEGREES + 1):
-        angle = degrees % 360.0
-        if angle == 0:
-            rows.append([1.0, 0.0, 0.0, 0.0, 1.0, 0.0])
-            continue
-        center_x, center_y = width / 2, height / 2
-        radians = -math.radians(angle)
-        a, b = round(math.cos(radians), 15), round(math.sin(radians), 15)
-        d, e = round(-math.sin(radians), 15), round(math.cos(radians), 15)
-        c = a * -center_x + b * -center_y + 0.0 + center_x
-        f = d * -center_x + e * -center_y + 0.0 + center_y
-        rows.append([a, b, c, d, e, f])
+    rows = [rotation_matrix(degrees, height, width) for degrees in ANGLES]
     return torch.tensor(rows, dtype=torch.float64, device=device)
 
 
@@ -248,94 +235,17 @@ def _geometric(images: Tensor, ops: Tensor, args: Tensor, fill: Fill) -> Tensor:
 
 # ---------------------------------------------------------------- rescale
 
-_SUPPORTS = (3.0, 2.0, 1.0, 0.5, 1.0)  # lanczos, bicubic, bilinear, box, hamming
-# Pillow writes the Hamming window with float literals (0.54f, 0.46f).
-_HAMMING_A = float(torch.tensor(0.54, dtype=torch.float32))
-_HAMMING_B = float(torch.tensor(0.46, dtype=torch.float32))
-
-
-def _sinc(x: Tensor) -> Tensor:
-    scaled = x * math.pi
-    return torch.where(x == 0, 1.0, torch.sin(scaled) / torch.where(x == 0, 1.0, scaled))
-
-
-def _resample_filters(x: Tensor) -> Tensor:
-    """PIL's filters (lanczos, bicubic, bilinear, box, hamming) stacked on dim 0."""
-    ax = x.abs()
-    lanczos = torch.where((x >= -3.0) & (x < 3.0), _sinc(x) * _sinc(x / 3), 0.0)
-    a = -0.5
-    bicubic = torch.where(
-        ax < 1.0,
-        ((a + 2.0) * ax - (a + 3.0)) * ax * ax + 1,
-        torch.where(ax < 2.0, (((ax - 5) * ax + 8) * ax - 4) * a, 0.0),
-    )
-    bilinear = torch.where(ax < 1.0, 1.0 - ax, 0.0)
-    box = torch.where((x > -0.5) & (x <= 0.5), 1.0, 0.0)
-    hamming_inner = _sinc(ax) * (_HAMMING_A + _HAMMING_B * torch.cos(ax * math.pi))
-    hamming = torch.where(ax == 0, 1.0, torch.where(ax >= 1.0, 0.0, hamming_inner))
-    return torch.stack([lanczos, bicubic, bilinear, box, hamming])
-
-
-
-
-@functools.lru_cache(maxsize=None)
-def _nearest_scale_table(size: int, device: torch.device) -> Tensor:
-    """int64 [size + 1, size]: PIL's NEAREST resize source index from a crop of each width.
-
-    PIL walks the row accumulating ``x += crop / size`` in double from
-    ``crop / (2 size)``, so exact ties (e.g. 64 -> 96 px) land on the lower pixel;
-    a direct ``(x + 0.5) * crop / size`` would round them up.
-    """
-    rows = []
-    for crop in range(size + 1):
-        step, position, row = crop / size, crop / size * 0.5, []
-        for _ in range(size):
-            row.append(int(position))
-            position += step
-        rows.append(row)
-    return torch.tensor(rows, dtype=torch.int64, device=device)
-
-
-def _crop_resize_weights(size: int, crops: Tensor) -> Tensor:
-    """Fixed-point weights [6, M, size, size] of PIL's resize of a crop of width ``crops[m]``
-    (crop coordinates, columns >= the width are 0) back to ``size``, per method."""
-    device = crops.device
-    m = crops.shape[0]
-    crop = crops.to(torch.float64).view(m, 1, 1)
-    out_pos = torch.arange(size, device=device, dtype=torch.float64).view(1, size, 1)
-    in_pos = torch.arange(size, device=device).view(1, 1, size)
-    center = (out_pos + 0.5) * (crop / size)
-    support = device_constant(_SUPPORTS, torch.float64, device).view(-1, 1, 1, 1)
-    low = torch.trunc(center - support + 0.5).clamp(min=0)
-    high = torch.minimum(torch.trunc(center + support + 0.5), crop)
-    inside = (in_pos >= low) & (in_pos < high)
-    weights = torch.where(inside, _resample_filters((in_pos - center) + 0.5), 0.0)
-    total = weights.sum(dim=-1, keepdim=True)
-    weights = torch.where(total != 0, weights / torch.where(total != 0, total, 1.0), weights)
-    scaled = weights * float(1 << _RESAMPLE_BITS)
-    fixed = torch.where(scaled < 0, torch.trunc(scaled - 0.5), torch.trunc(scaled + 0.5))
-    nearest_src = _nearest_scale_table(size, device)[crops].view(m, size, 1)
-    nearest = torch.where(in_pos == nearest_src, float(1 << _RESAMPLE_BITS), 0.0)
-    return torch.cat([fixed, nearest.unsqueeze(0)])
-
-
-def _min_crop(size: int) -> int:
-    """Narrowest crop a fraction <= 0.25 can give (rounding included)."""
-    return max(1, size // 2 - 1)
-
-
 @functools.lru_cache(maxsize=None)
 def _resample_table(size: int, device: torch.device) -> Tensor:
-    """:func:`_crop_resize_weights` for every reachable crop width: [widths, 6, size, size]."""
-    crops = torch.arange(_min_crop(size), size + 1, device=device)
-    return _crop_resize_weights(size, crops).transpose(0, 1).contiguous()
+    """:func:`.pil_tables.resample_table` on ``device``: [widths, 6, size, size]."""
+    return resample_table(size).to(device)
 
 
 def _resample_matrix(size: int, start: Tensor, stop: Tensor, method: Tensor) -> Tensor:
     """Fixed-point weights [N, size, size] of PIL's crop(start, stop) + resize back to size."""
     n = start.shape[0]
     start = start.to(torch.int64)
-    local = _resample_table(size, start.device)[(stop.to(torch.int64) - start) - _min_crop(size), method]
+    local = _resample_table(size, start.device)[(stop.to(torch.int64) - start) - min_crop(size), method]
     columns = torch.arange(size, device=start.device).view(1, 1, size) - start.view(n, 1, 1)
     shifted = local.gather(2, columns.clamp(min=0).expand(n, size, size))
     return torch.where(columns >= 0, shifted, 0.0)
@@ -344,7 +254,7 @@ def _resample_matrix(size: int, start: Tensor, stop: Tensor, method: Tensor) -> 
 def _resample_pass(values: Tensor, matrix: Tensor) -> Tensor:
     """One PIL pass: (2^21 + sum in * k) >> 22 clipped to 0..255, along the last dim."""
     mixed = torch.matmul(values, matrix.transpose(-1, -2).unsqueeze(1))
-    return torch.floor((mixed + float(1 << (_RESAMPLE_BITS - 1))) / float(1 << _RESAMPLE_BITS)).clamp(0, 255)
+    return torch.floor((mixed + float(1 << (RESAMPLE_BITS - 1))) / float(1 << RESAMPLE_BITS)).clamp(0, 255)
 
 
 def _rescale(images: Tensor, args: Tensor, fill: Fill) -> Tensor:
@@ -401,19 +311,10 @@ def _apply_kernel(kernel: Op, images: Tensor, ops: Tensor, args: Tensor, fill: F
     return _OPS[kernel](images, args, fill)
 
 
-def apply_step(images: Tensor, ops: Tensor, args: Tensor, fill: Fill, dense: bool | None = None) -> Tensor:
-    """Apply ``ops[i]`` with ``args[i]`` to image i (ops int64 [N], args float64 [N, 3]).
-
-    ``dense`` (default: on CUDA) computes every kernel on the whole batch and selects
-    per sample, with no host synchronisation; otherwise samples are bucketed by kernel.
-    """
+def _bucketed_step(images: Tensor, ops: Tensor, args: Tensor, fill: Fill, vocabulary: frozenset[Op]) -> Tensor:
+    """Each kernel on the samples that use it (host-side bucketing)."""
+    check_vocabulary(set(map(Op, torch.unique(ops).tolist())), vocabulary)
     kernels = device_constant(_KERNEL_OF, torch.int64, images.device)[ops]
-    if images.is_cuda if dense is None else dense:
-        out = images
-        for kernel in sorted(set(_KERNEL_OF) - {Op.IDENTITY}):
-            selected = (kernels == kernel).view(-1, 1, 1, 1)
-            out = torch.where(selected, _apply_kernel(Op(kernel), images, ops, args, fill), out)
-        return out
     present = torch.unique(kernels).tolist()
     if len(present) == 1:  # e.g. the final cutout step: no bucketing copies
         return _apply_kernel(Op(present[0]), images, ops, args, fill)
@@ -427,33 +328,56 @@ def apply_step(images: Tensor, ops: Tensor, args: Tensor, fill: Fill, dense: boo
     return out
 
 
-def apply_steps(images: Tensor, ops: Tensor, args: Tensor, fill: Fill, dense: bool | None = None) -> Tensor:
-    """Apply steps k = 0..K-1 in order (ops int64 [N, K], args float64 [N, K, 3]); see :func:`apply_step`."""
+def apply_step(images: Tensor, ops: Tensor, args: Tensor, fill: Fill, dense: bool | None = None,
+               vocabulary: frozenset[Op] = EVERY_OP) -> Tensor:
+    """Apply ``ops[i]`` with ``args[i]`` to image i (ops int64 [N], args float64 [N, 3]).
+
+    ``vocabulary``: the ops the step may hold (IDENTITY always); an op outside it is an error here and
+    is not applied by the dense form. ``dense`` (default: on CUDA) runs the step in its dense form
+    (:func:`.dense_ops.dense_step`), with no host synchronisation; otherwise samples are bucketed by kernel.
+    """
+    if images.is_cuda if dense is None else dense:
+        return dense_ops.dense_step(images, ops, args, fill, vocabulary)
+    return _bucketed_step(images, ops, args, fill, vocabulary)
+
+
+def apply_steps(images: Tensor, ops: Tensor, args: Tensor, fill: Fill, dense: bool | None = None,
+                vocabulary: Sequence[frozenset[Op]] | None = None) -> Tensor:
+    """Apply steps k = 0..K-1 in order (ops int64 [N, K], args float64 [N, K, 3]); see :func:`apply_step`.
+
+    ``vocabulary``: per step, the ops it may hold (default: every op).
+    """
     check_images(images)
     if ops.shape != images.shape[:1] + ops.shape[1:2] or args.shape != ops.shape + (NUM_ARGS,):
         raise ValueError(
             f"ops must be [N, K] and args [N, K, {NUM_ARGS}] for N = {images.shape[0]}, "
             f"got {tuple(ops.shape)} and {tuple(args.shape)}"
         )
+    vocabulary = (EVERY_OP,) * ops.shape[1] if vocabulary is None else tuple(vocabulary)
+    if len(vocabulary) != ops.shape[1]:
+        raise ValueError(f"vocabulary must name the ops of each of the {ops.shape[1]} steps, got {len(vocabulary)}")
     for k in range(ops.shape[1]):
-        images = apply_step(images, ops[:, k], args[:, k], fill, dense)
+        images = apply_step(images, ops[:, k], args[:, k], fill, dense, vocabulary[k])
     return images
 
 
-def reflect_index(positions: Tensor, size: int) -> Tensor:
-    """``tf.pad(mode='REFLECT')`` source index (mirror without repeating the edge)."""
+@functools.lru_cache(maxsize=None)
+def _reflections(size: int, device: torch.device) -> Tensor:
+    """int64 [2, 2 size - 1, size]: ``tf.pad(mode='REFLECT')`` source index of output i for shift s
+    (row s + size - 1; mirror without repeating the edge), then the same of the flipped row."""
+    positions = torch.arange(-(size - 1), size, device=device).view(-1, 1) + torch.arange(size, device=device)
     positions = torch.where(positions < 0, -positions, positions)
-    return torch.where(positions >= size, 2 * (size - 1) - positions, positions)
+    reflected = torch.where(positions >= size, 2 * (size - 1) - positions, positions)
+    return torch.stack([reflected, size - 1 - reflected])
 
 
 def flip_shift(images: Tensor, flip: Tensor, shift_y: Tensor, shift_x: Tensor) -> Tensor:
-    """Weak view: optional horizontal flip, then output[i] = flipped[reflect(i + shift)].
+    """Weak view: optional horizontal flip, then output[i] = flipped[reflect(i + shift)] (|shift| < size).
 
     Equivalent to ``tf.pad(REFLECT, w)`` + a crop at offset ``shift + w``.
     """
     n, c, h, w = images.shape
-    rows = reflect_index(torch.arange(h, device=images.device).view(1, h) + shift_y.view(n, 1), h)
-    cols = reflect_index(torch.arange(w, device=images.device).view(1, w) + shift_x.view(n, 1), w)
-    cols = torch.where(flip.view(n, 1), w - 1 - cols, cols)
+    rows = _reflections(h, images.device)[0, shift_y + (h - 1)]
+    cols = _reflections(w, images.device)[flip.long(), shift_x + (w - 1)]
     out = images.gather(2, rows.view(n, 1, h, 1).expand(n, c, h, w))
     return out.gather(3, cols.view(n, 1, 1, w).expand(n, c, h, w))
