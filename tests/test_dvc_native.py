@@ -276,6 +276,7 @@ def _workspace(repo: Path) -> dict[str, tuple[int, int]]:
     (lambda p: p.update(threshold=1.5), "error: invalid params: threshold = 1.5 (must be a number in [0.0, 1.0])"),
     (lambda p: p.update(treshold=p.pop("threshold")), "error: invalid params: treshold = 0.95 (not a known key"),
     (lambda p: p["train"].update(steps=0), "train.steps = 0"),
+    (lambda p: p["train"].update(lr=float("inf")), "error: invalid params: train.lr = inf (must be a finite number"),
 ])
 def test_a_bad_hand_edited_params_file_stops_dvc_repro_before_any_output_is_touched(mini_repo, edit, message):
     repo, first_table = mini_repo
