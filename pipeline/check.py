@@ -7,7 +7,8 @@ tolerance derived from the measured spread (written only by `make baseline`). no
 every cell is unchecked. Unless check.max_ratio_to_supervised is null, each
 semi-supervised method at the smallest label count must also reach at most that
 fraction of the supervised-only error.
-Cells with fewer finished folds than the params ask for are incomplete, not passed.
+Cells with fewer finished folds than the params ask for are incomplete, not passed, and so
+are the baseline's cells that the params do not run at all.
 
 The stage records the verdict (reports/check.txt, and reports/check.json as DVC
 metrics: a column in `dvc exp show`) and succeeds either way, so that a regressed
@@ -26,6 +27,7 @@ from fixmatch_bench.report.check import (
     Tolerance,
     baseline_references,
     check_against_reference,
+    check_cells_not_run,
     check_ratio_to_supervised,
     load_baseline,
     paper_references,
@@ -59,6 +61,8 @@ def main() -> int:
     else:
         references = {}
     results = check_against_reference(cells, references, tolerance)
+    if check.reference == "baseline":
+        results += check_cells_not_run(cells, references, tolerance, params.folds)
     if check.max_ratio_to_supervised is not None:
         results += check_ratio_to_supervised(cells, check.max_ratio_to_supervised)
     text, code = report(results)

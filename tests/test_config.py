@@ -74,11 +74,32 @@ def _with(params: dict, key: str, value) -> dict:
     ("checkpoints.keep_finished", 1, "invalid params: checkpoints.keep_finished = 1 (allowed: true, false)"),
     ("folds", [1, 1], "invalid params: folds = [1, 1] (a non-empty list of distinct positive integers (split seeds))"),
     ("methods.fixmatch_ra.strong", "autoaugment", "invalid params: methods.fixmatch_ra.strong = 'autoaugment' (allowed: none, randaugment, ctaugment)"),
+    ("train.lr", float("inf"), "invalid params: train.lr = inf (must be a finite number in (0.0, inf))"),
+    ("train.unlabeled_weight", float("inf"), "invalid params: train.unlabeled_weight = inf (must be a finite number in [0.0, inf))"),
+    ("threshold", float("nan"), "invalid params: threshold = nan (must be a finite number in [0.0, 1.0])"),
+    ("datasets.digits.weight_decay", float("-inf"), "invalid params: datasets.digits.weight_decay = -inf (must be a finite number in [0.0, inf))"),
+    ("ablations", {"lr": [{"train.lr": float("inf")}]}, "invalid params: ablations.lr[0]: train.lr = inf (must be a finite number in (0.0, inf))"),
+    ("train.uratio", 0, "invalid params: train.uratio = 0 (must be > 0 for fixmatch_ra, which trains on unlabeled data; "
+                        "methods.fixmatch_ra.allow_no_unlabeled_loss: true allows 0 (an ablation))"),
+    ("train.unlabeled_weight", 0.0, "invalid params: train.unlabeled_weight = 0.0 (must be > 0 for fixmatch_ra, which trains "
+                                    "on unlabeled data; methods.fixmatch_ra.allow_no_unlabeled_loss: true allows 0 (an ablation))"),
+    ("ssl_methods", [], "invalid params: ssl_methods = [] (must not be empty while check.max_ratio_to_supervised compares the "
+                        "semi-supervised methods with supervised-only; set it to null to train supervised baselines alone)"),
 ])
 def test_each_bad_value_is_rejected_with_its_message(params, key, value, message):
     with pytest.raises(ParamsError) as error:
         validate_params(_with(params, key, value))
     assert str(error.value) == message
+
+
+def test_no_unlabeled_loss_is_allowed_only_for_the_methods_that_declare_it_and_for_supervised_runs(params):
+    no_unlabeled = _with(params, "train.uratio", 0)
+    for method in params["ssl_methods"]:
+        no_unlabeled["methods"][method]["allow_no_unlabeled_loss"] = True
+    typed = validate_params(no_unlabeled)
+    assert parse_run("digits_20-supervised-1", typed).method == "supervised"
+    with pytest.raises(ParamsError, match=r"^invalid params: train.uratio = 0 \(must be > 0 for fixmatch_cta_da"):
+        parse_run("digits_20-fixmatch_cta_da-1", typed)  # a method outside the suite, which does not declare it
 
 
 def test_the_committed_params_are_valid_and_read_as_typed_attributes(params):
@@ -123,3 +144,11 @@ def test_composing_a_bad_value_fails_with_one_line_and_writes_nothing(tmp_path):
                           cwd=REPO, capture_output=True, text=True)
     assert done.returncode == 2 and not (tmp_path / "p.yaml").exists()
     assert done.stderr == "error: invalid params: threshold = 1.5 (must be a number in [0.0, 1.0])\n"
+
+
+def test_an_unknown_suite_is_refused_in_one_line_listing_the_suites(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "fixmatch_bench.compose", str(tmp_path / "p.yaml"), "suite=nope"],
+                          cwd=REPO, capture_output=True, text=True)
+    suites = ", ".join(sorted(path.stem for path in (REPO / "conf/suite").glob("*.yaml")))
+    assert done.returncode == 2 and not (tmp_path / "p.yaml").exists()
+    assert done.stderr == f"error: invalid params: suite = 'nope' (allowed: {suites})\n"

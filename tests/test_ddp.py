@@ -159,7 +159,7 @@ def test_only_rank_0_writes_and_every_rank_holds_the_same_state(two_ranks):
     assert sorted(path.name for path in (root / "ddp/digits_20-fixmatch_cta_da-1").iterdir()) == ["curves",
                                                                                                "metrics.json"]
     (checkpoint,) = (root / "checkpoints/ddp").iterdir()
-    assert sorted(path.name for path in checkpoint.iterdir()) == [".lock", "state.pt"]
+    assert sorted(path.name for path in checkpoint.iterdir()) == [".lock", ".waiting", "state.pt"]
     assert len(_curves(root, "ddp")["eval/error.tsv"]) == 3 and metrics["steps"] == 12 and _state(root, "ddp")["finished"]
 
 

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from conftest import REPO, digits_workspace
-from fixmatch_bench.core.config import Run, expected_runs, validate_params
+from fixmatch_bench.core.config import Run, expected_runs, run_table, validate_params
 from fixmatch_bench.report.cells import CellResult
 from fixmatch_bench.report.check import (Tolerance, baseline_references, check_against_reference,
                                          check_ratio_to_supervised, load_baseline)
@@ -68,8 +68,12 @@ def test_results_perturbed_within_the_measured_spread_pass(variation):
 @pytest.fixture(scope="module")
 def regressed_results(tmp_path_factory):
     """The committed results of the suite, with FixMatch (RA) retrained on every fold with its unlabeled
-    batch switched off (train.uratio = 0: no unlabeled loss), the quick suite's settings otherwise."""
+    batch switched off (train.uratio = 0: no unlabeled loss), the quick suite's settings otherwise.
+    The FixMatch methods allow it by name (methods.<method>.allow_no_unlabeled_loss), as an ablation must."""
     root, params = digits_workspace(tmp_path_factory.mktemp("regressed"), {"uratio": 0})
+    for method in params["ssl_methods"]:
+        params["methods"][method]["allow_no_unlabeled_loss"] = True
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
     prepared = load_prepared(root / "prepared/digits")
     results = root / "results"
     shutil.copytree(REPO / "results", results)
@@ -97,3 +101,19 @@ def test_the_check_stage_fails_when_fixmatch_loses_its_unlabeled_loss(regressed_
     assert failed == ["digits_20-fixmatch_ra", "digits_20-fixmatch_ra"]  # the baseline and the 1/3 rule
     assert "vs supervised" in lines[1]
     assert lines[-1].startswith("3 pass, 2 fail, 0 incomplete")
+
+
+def test_a_baseline_cell_the_suite_does_not_run_is_incomplete_never_a_pass(tmp_path):
+    """ssl_methods = [] (allowed once the 1/3 rule is off): the baseline's FixMatch cells have no run at all."""
+    params = {**PARAMS, "ssl_methods": [], "check": {**PARAMS["check"], "max_ratio_to_supervised": None}}
+    params["runs"] = run_table(validate_params(params))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    command = [sys.executable, "pipeline/check.py", "--params", str(tmp_path / "params.yaml"), "--out",
+               str(tmp_path / "check.txt"), "--metrics", str(tmp_path / "check.json"), "--strict"]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert done.stdout.splitlines() == [
+        f"INCOMPLETE digits_20-{method}: measured none, reference {cell['mean']:.2f} (baseline), tolerance "
+        f"{cell['tolerance']:.2f}, folds 0/2 (missing 1, 2)"
+        for method in ("fixmatch_ra", "fixmatch_cta") for cell in [load_baseline(BASELINE)["cells"][f"digits_20-{method}"]]
+    ] + ["1 pass, 0 fail, 2 incomplete, 0 unchecked"]

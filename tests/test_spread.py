@@ -85,7 +85,7 @@ def test_bad_plans_and_overrides_are_refused_before_any_work(tmp_path, params):
 def test_an_interrupted_study_resumes_from_its_finished_runs(tmp_path):
     """Runs recorded in the partial file are not trained again; the others are, in fresh processes."""
     root, params = digits_workspace(tmp_path, {"steps": 4, "eval_every": 2, "log_every": 2, "checkpoint_every": 2})
-    params.update(cells=["digits_20"], folds=[1], ssl_methods=[])
+    params.update(cells=["digits_20"], folds=[1], ssl_methods=[], check={**params["check"], "max_ratio_to_supervised": None})
     params["runs"] = run_table(validate_params(params))
     params = validate_params(params)
     plan = SpreadPlan(3.0, (Variation("pipeline"), Variation("threads_1", 1)))

@@ -4,10 +4,13 @@ import copy
 import dataclasses
 import json
 import os
+import re
+import resource
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 
 import pytest
 import torch
@@ -15,7 +18,8 @@ import yaml
 
 from conftest import REPO, digits_workspace, wait_for_lines
 from fixmatch_bench.core.config import ParamsError, Run, validate_params
-from fixmatch_bench.train.checkpoint import CheckpointError, RunLock, run_checkpoint_dir
+from fixmatch_bench.data.prepared import PreparedDataChanged
+from fixmatch_bench.train.checkpoint import RunLock, run_checkpoint_dir
 from fixmatch_bench.train.run_data import load_run_data
 from fixmatch_bench.train.state import _global_rng_states, _set_global_rng_states
 from fixmatch_bench.train.trainer import (Interrupted, NonFiniteLoss, StopRequest, fingerprint, resolve_device,
@@ -144,14 +148,21 @@ def test_a_compiler_failure_stops_the_run_in_one_line_naming_the_speed_option_to
     assert not (root / "compile-fails/digits_20-fixmatch_ra-1/metrics.json").exists()
 
 
-def test_a_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(workspace):
+@pytest.mark.parametrize("checkpoint_every", [2, 40])
+def test_a_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(workspace, checkpoint_every):
     root, params = workspace
     exploding = copy.deepcopy(params)
-    exploding["train"].update(lr=100.0, steps=40, log_every=2, checkpoint_every=2)  # diverges after ~10 steps
+    exploding["train"].update(lr=100.0, steps=40, log_every=2, checkpoint_every=checkpoint_every)  # diverges by step ~10
+    out = f"nan-{checkpoint_every}"
     with pytest.raises(NonFiniteLoss, match=r"the (loss|weights) became non-finite (at|by) step (\d+); stopping") as error:
-        _train(workspace, "nan", "fixmatch_ra", params=exploding)
+        _train(workspace, out, "fixmatch_ra", params=exploding)
+    if checkpoint_every == 40:  # diverged before its first checkpoint: the message says so
+        assert str(error.value).endswith("; stopping, no checkpoint was written before it")
+        assert not any(path.name == "state.pt" for path in (root / "checkpoints" / out).rglob("*"))
+        return
+    assert str(error.value).endswith("; stopping, the last good checkpoint is kept")
     bad_step = int(error.value.args[0].split(" step ")[1].split(";")[0])
-    state = _final_state(workspace, "nan")
+    state = _final_state(workspace, out)
     assert state["step"] < bad_step and not state["finished"]
     assert all(torch.isfinite(tensor).all() for tensor in state["model"].values() if tensor.is_floating_point())
 
@@ -186,17 +197,38 @@ def test_a_finished_run_is_removed_unless_kept_and_a_finished_checkpoint_rewrite
     assert (root / "kept/metrics.json").exists()
 
 
-def test_a_second_trainer_of_a_run_is_refused_while_the_first_holds_its_checkpoint_folder(workspace):
+def test_a_second_trainer_of_a_run_waits_for_the_first_then_resumes_from_its_checkpoint(workspace, capsys):
     with pytest.raises(Interrupted):
         _train(workspace, "locked", "fixmatch_ra", stop=StopRequest(after_step=2))
     (folder,) = _checkpoint_dirs(workspace, "locked")
-    first = RunLock(folder)  # as an orphaned trainer of the same run would hold it
-    try:
-        with pytest.raises(CheckpointError, match=rf"in use by another trainer of this run \(pid {os.getpid()}\)"):
-            _train(workspace, "locked", "fixmatch_ra")
-    finally:
-        first.release()
-    assert _train(workspace, "locked", "fixmatch_ra")["steps"] == 12  # free again: it resumes and finishes
+    first = RunLock(folder)  # as another trainer of the same run (a parallel experiment) holds it
+    assert first.try_acquire()
+    threading.Timer(1.0, first.release).start()  # it stops after its checkpoint at step 2
+    assert _train(workspace, "locked", "fixmatch_ra")["steps"] == 12
+    output = capsys.readouterr().out
+    assert f"digits_20-fixmatch_ra-1: waiting for another trainer of this run (pid {os.getpid()})" in output
+    assert output.index("waiting for another trainer") < output.index("resuming at step 2 of 12")
+
+
+def test_a_finished_run_waited_for_is_reused_without_training_and_removed_by_the_last_trainer(workspace, capsys):
+    root, params = workspace
+    removed = {**params, "checkpoints": {"dir": str(root / "checkpoints/shared"), "keep_finished": False}}
+
+    def trainer(out: str, stop: StopRequest | None = None) -> dict:
+        return train(removed, Run("digits", 20, "supervised", 1), root / "prepared/digits",
+                     root / "splits/digits_20-1.json", root / out, stop=stop, progress=False)
+
+    with pytest.raises(Interrupted):
+        trainer("first", StopRequest(after_step=1))  # (creates the run's folder)
+    (folder,) = sorted((root / "checkpoints/shared").iterdir())
+    waiting = RunLock(folder)  # a second trainer of the run, waiting for the first
+    first = trainer("first")
+    assert (folder / "state.pt").exists()  # finished, kept for the trainer that waits
+    waiting.release()
+    second = trainer("second", StopRequest(after_step=1))  # reused: not a single step runs
+    timing = ("wall_time_s", "steps_per_s")
+    assert {k: v for k, v in second.items() if k not in timing} == {k: v for k, v in first.items() if k not in timing}
+    assert list((root / "checkpoints/shared").iterdir()) == []  # the last trainer of the run removed it
 
 
 @pytest.mark.parametrize("blocked", ["checkpoints", "results", "models"])
@@ -258,3 +290,66 @@ def test_a_device_the_run_cannot_use_is_refused_in_one_line_before_any_work(para
     with pytest.raises(ParamsError, match=r"^invalid params: augment.impl = 'reference' \(per-image PIL runs on the "
                                           r"CPU only, and train.device resolves to cuda here"):
         resolve_device(validate_params(reference))
+
+
+def _file_size_limit(limit: int) -> None:
+    """In a child process: no file may grow past ``limit`` bytes (a write past it fails with EFBIG)."""
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+
+def test_a_full_disk_stops_the_run_in_one_line_leaves_no_temporary_file_and_the_rerun_resumes(workspace, tmp_path):
+    """The checkpoint folder on a tmpfs with room for one checkpoint but not a second beside it (where this
+    user may mount one; elsewhere a file-size limit smaller than a checkpoint)."""
+    root, params = workspace
+    with pytest.raises(Interrupted):
+        _train(workspace, "full", "fixmatch_ra", stop=StopRequest(after_step=4))
+    (saved,) = _checkpoint_dirs(workspace, "full")
+    size = (saved / "state.pt").stat().st_size
+    small = tmp_path / "small"
+    small.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size * 3 // 2}", "tmpfs", str(small)],
+                             capture_output=True).returncode == 0
+    try:
+        folder = small / saved.name
+        shutil.copytree(saved, folder)  # the last checkpoint, at step 4
+        (root / "full.yaml").write_text(yaml.safe_dump(
+            {**params, "checkpoints": {"dir": str(small), "keep_finished": False}}))
+        command = [sys.executable, str(REPO / "pipeline/train.py"), "digits_20-fixmatch_ra-1",
+                   "--prepared", str(root / "prepared"), "--splits", str(root / "splits"),
+                   "--params", str(root / "full.yaml"), "--results", str(tmp_path / "results"),
+                   "--models", str(tmp_path / "models")]
+        limit = None if mounted else lambda: _file_size_limit(size // 2)
+        done = subprocess.run(command, capture_output=True, text=True, timeout=300, preexec_fn=limit)
+        error = done.stderr.splitlines()[-1]  # after the progress lines of steps 5 to 8
+        assert done.returncode == 2 and "Traceback" not in done.stderr and done.stderr.count("error:") == 1, done.stderr
+        assert error.startswith(f"error: cannot write state.pt in {folder}: "), done.stderr
+        assert re.search(r" \(\d+(\.\d)? (B|KiB|MiB|GiB|TiB) free there, \d+\.\d KiB needed\)$", error), error
+        assert sorted(path.name for path in folder.iterdir()) == [".lock", ".waiting", "state.pt"]  # no temporary
+        assert torch.load(folder / "state.pt", weights_only=True)["step"] == 4  # the last checkpoint is intact
+        if mounted:
+            subprocess.run(["mount", "-o", f"remount,size={size * 4}", str(small)], check=True)  # space freed
+        again = subprocess.run(command, capture_output=True, text=True, timeout=300)
+        assert again.returncode == 0 and "digits_20-fixmatch_ra-1: resuming at step 4 of 12" in again.stdout, again.stderr
+    finally:
+        if mounted:
+            subprocess.run(["umount", str(small)], check=True)
+
+
+def test_a_prepared_file_changed_with_its_modification_time_kept_is_refused_when_a_run_starts(workspace, tmp_path):
+    root, params = workspace
+    prepared = tmp_path / "prepared/digits"
+    shutil.copytree(root / "prepared/digits", prepared)
+    labels = prepared / "test_labels.npy"
+    before = labels.stat()
+    data = bytearray(labels.read_bytes())
+    data[-1] ^= 1  # one label, same size
+    labels.write_bytes(bytes(data))
+    os.utime(labels, ns=(before.st_atime_ns, before.st_mtime_ns))  # DVC's state would call it unchanged
+    with pytest.raises(PreparedDataChanged) as error:
+        train(_with_checkpoints(params, tmp_path, "changed"), Run("digits", 20, "supervised", 1), prepared,
+              root / "splits/digits_20-1.json", tmp_path / "out", progress=False)
+    assert str(error.value) == (f"prepared file {labels} does not match the hash recorded in {prepared / 'info.json'} "
+                                f"(changed after the prepare stage wrote it); restore it with "
+                                f"`dvc checkout --relink {prepared}`")
+    assert not (tmp_path / "out/metrics.json").exists()

@@ -1,8 +1,9 @@
 """Compose the parameters from the Hydra configuration in conf/, as `dvc exp run` does.
 
 Usage: ``python -m fixmatch_bench.compose params.yaml [override ...]`` (e.g. ``suite=paper``)
-writes params.yaml (what `make params` runs). A value the pipeline would refuse stops the
-composition with one line naming it.
+writes params.yaml (what `make params` runs). A value the pipeline would refuse, or an unknown
+suite, stops the composition with one line naming it and exit status 2 (the runs resolver,
+src/hydra_plugins/fixmatch_bench_resolvers.py, as under `dvc exp run`), and writes nothing.
 """
 
 from __future__ import annotations
@@ -12,10 +13,9 @@ from pathlib import Path
 
 import hydra_plugins.fixmatch_bench_resolvers  # noqa: F401 (registers ${fixmatch_runs:}, as Hydra's plugin scan does)
 from hydra import compose, initialize_config_dir
+from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
-
-from .core.config import ParamsError
 
 
 def compose_config(overrides: list[str] = (), config_dir: str | Path = "conf") -> DictConfig:
@@ -39,8 +39,6 @@ def write_params(output: str | Path, overrides: list[str] = (), config_dir: str 
 if __name__ == "__main__":
     try:
         write_params(sys.argv[1], sys.argv[2:])
-    except OmegaConfBaseException as error:  # a ParamsError raised by the runs resolver, or a bad override
-        while not isinstance(error, ParamsError) and (error.__cause__ or error.__context__) is not None:
-            error = error.__cause__ or error.__context__
-        print(f"error: {error}", file=sys.stderr)
+    except (HydraException, OmegaConfBaseException) as error:  # an override Hydra cannot apply (an unknown key)
+        print("error: " + " ".join(line for line in str(error).splitlines() if line[:1].strip()), file=sys.stderr)
         sys.exit(2)

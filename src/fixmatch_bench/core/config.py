@@ -140,6 +140,8 @@ def _explain(error: dict) -> str:
     if literals:
         return "allowed: " + ", ".join(map(str, literals[0]))
     numbers = _range(annotation)
+    if kind == "finite_number":
+        return "must be a finite number" + (numbers.removeprefix("a number") if numbers else "")
     if numbers is not None:
         return f"must be {numbers}"
     message = error["msg"]
@@ -247,6 +249,13 @@ def validate_params(params: Mapping[str, Any] | Params) -> Params:
         _fail("ssl_methods", typed.ssl_methods, "a list of distinct semi-supervised methods")
     for method in typed.ssl_methods:
         _choice(method, "ssl_methods", sorted(name for name, spec in typed.methods.items() if spec.unlabeled))
+    if not typed.ssl_methods and typed.check.max_ratio_to_supervised is not None:
+        _fail("ssl_methods", [], "must not be empty while check.max_ratio_to_supervised compares the semi-supervised "
+                                 "methods with supervised-only; set it to null to train supervised baselines alone")
+    if not typed.ssl_methods and typed.ablations:
+        _fail("ssl_methods", [], "must not be empty: ablations are swept on the semi-supervised methods")
+    for method in [*typed.ssl_methods, *(["fixmatch_cta_da"] if typed.da_cells else [])]:
+        check_unlabeled_loss(typed, method)
     for cell in typed.da_cells:
         _choice(cell, "da_cells", typed.cells)
     for axis, variants in typed.ablations.items():
@@ -255,6 +264,18 @@ def validate_params(params: Mapping[str, Any] | Params) -> Params:
         for index, variant in enumerate(variants):
             with_variant(typed, variant, where=f"ablations.{axis}[{index}]")
     return typed
+
+
+def check_unlabeled_loss(params: Params, method: str) -> None:
+    """Refuse ``train.uratio = 0`` or ``train.unlabeled_weight = 0`` for a method that trains on unlabeled
+    data (it would train supervised under its name), unless the method allows it (an ablation)."""
+    spec = params.methods[method]
+    if not spec.unlabeled or spec.allow_no_unlabeled_loss:
+        return
+    for key, value in (("uratio", params.train.uratio), ("unlabeled_weight", params.train.unlabeled_weight)):
+        if value == 0:
+            _fail(f"train.{key}", value, f"must be > 0 for {method}, which trains on unlabeled data; "
+                                         f"methods.{method}.allow_no_unlabeled_loss: true allows 0 (an ablation)")
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:
@@ -328,7 +349,7 @@ def parse_run(key: str, params: Params) -> Run:
             _fail("run", key, f"an ablation change is <params key>=<value>, got {change!r}")
         variant.append((name, parse_value(text)))
     run = Run(dataset, labels, parts[1], int(parts[2]), tuple(variant))
-    with_variant(params, run.variant, where=f"run {key}")
+    check_unlabeled_loss(with_variant(params, run.variant, where=f"run {key}"), run.method)
     return run
 
 

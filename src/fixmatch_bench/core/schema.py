@@ -21,9 +21,10 @@ Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 
 
 class Block(BaseModel):
-    """A params block: strict types (no "1" for 1, no 1 for true), unknown keys refused, read-only."""
+    """A params block: strict types (no "1" for 1, no 1 for true), finite numbers (no inf, no nan),
+    unknown keys refused, read-only."""
 
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
 
 
 class TrainParams(Block):
@@ -87,6 +88,9 @@ class Method(Block):
     unlabeled: bool
     strong: Literal["none", "randaugment", "ctaugment"]
     distribution_alignment: bool
+    # A method with unlabeled: true trains on unlabeled data: train.uratio = 0 or train.unlabeled_weight = 0
+    # would report supervised training under its name, and is refused unless this is true (an ablation).
+    allow_no_unlabeled_loss: bool = False
 
 
 class AugmentParams(Block):
@@ -154,8 +158,9 @@ class SourcesParams(Block):
     backoff_s: Positive = 1.0
 
 
-# A swept value: what `dvc exp run -S key=value` could set.
-Scalar = bool | int | float | str | None
+# A swept value: what `dvc exp run -S key=value` could set. Not checked here: the key it sets refuses a
+# bad one (an infinite learning rate) with that key's message when the variant is applied.
+Scalar = bool | int | Annotated[float, Field(allow_inf_nan=True)] | str | None
 # One ablation variant: dotted params keys (``train.lr``) and the values that replace the suite's.
 Variant = dict[str, Scalar]
 

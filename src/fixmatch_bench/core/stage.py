@@ -3,18 +3,20 @@ long stage ends with the `dvc repro` that started it."""
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 import signal
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
 
 from .config import ParamsError
-
-
 
 # Set by the cluster's final job (fixmatch_bench.cluster): its `dvc repro` restores the runs that
 # finished in their own jobs from DVC's run-cache, and a training stage that would have to train
@@ -37,7 +39,53 @@ class UnwritableLocation(RuntimeError):
     """A folder a stage must write to cannot be created or written; the message says which and what to do."""
 
 
-EXPECTED_ERRORS: tuple[type[BaseException], ...] = (ParamsError, UnwritableLocation, TrainingNotAllowed, FileNotFoundError, ValueError)
+class WriteFailed(RuntimeError):
+    """A file could not be written for lack of space or permission; the message names its folder, the free
+    space there and the size needed."""
+
+
+# Why a write fails that the user can fix: no space, a quota, a file-size limit, no permission, read-only.
+DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EACCES, errno.EPERM, errno.EROFS})
+
+
+def _size(count: int) -> str:
+    """``512 B``, ``146.1 KiB``, ``3.2 GiB``."""
+    if count < 1024:
+        return f"{count} B"
+    value = count / 1024
+    for unit in ("KiB", "MiB", "GiB"):
+        if value < 1024:
+            return f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TiB"
+
+
+def free_space(folder: Path) -> int:
+    """Bytes free to this user on the filesystem of ``folder`` (or of its nearest existing parent)."""
+    folder = Path(folder).absolute()
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return shutil.disk_usage(folder).free
+
+
+@contextmanager
+def writing(path: Path, needed: int | None = None) -> Iterator[None]:
+    """Turn an OSError of a write to ``path`` that the user can fix (:data:`DISK_ERRNOS`) into one
+    :class:`WriteFailed` line: the folder, its free space, and ``needed`` bytes where known."""
+    try:
+        yield
+    except OSError as error:
+        if error.errno not in DISK_ERRNOS:
+            raise
+        folder = Path(path).parent
+        size = "" if needed is None else f", {_size(needed)} needed"
+        reason = (error.strerror or str(error)).lower()
+        raise WriteFailed(f"cannot write {Path(path).name} in {folder}: {reason} "
+                          f"({_size(free_space(folder))} free there{size})") from None
+
+
+EXPECTED_ERRORS: tuple[type[BaseException], ...] = (ParamsError, UnwritableLocation, TrainingNotAllowed, WriteFailed,
+                                                    FileNotFoundError, ValueError)
 
 
 def run_stage(main: Callable[[], int | None], expected: tuple[type[BaseException], ...] = ()) -> None:

@@ -9,7 +9,10 @@ memory map, not a parse) plus ``info.json``:
   images (STL-10's 100,000), appended to the unlabeled set after the train set
 - optional ``fold_indices.npy`` int64 [F, K]: predefined labeled folds (STL-10)
 - ``info.json``: name, shapes, number of classes and ``sha256``, a hash of the
-  array contents that splits record so results trace back to their data.
+  array contents that splits record so results trace back to their data, and
+  ``files``: each array file's own content hash, checked when a run starts
+  (:func:`load_prepared` with ``verify``), as a file changed in place with its
+  modification time kept looks unchanged to DVC.
 
 Writes go to a temporary sibling directory that is renamed into place only when
 complete, so an interrupted or failed prepare never leaves a partial dataset.
@@ -56,6 +59,10 @@ def content_hash(arrays: dict[str, np.ndarray]) -> str:
     return digest.hexdigest()
 
 
+class PreparedDataChanged(ValueError):
+    """A prepared file's content differs from what the prepare stage recorded; the message says how to restore it."""
+
+
 def _validate(arrays: dict[str, np.ndarray]) -> None:
     for name in ARRAYS:
         if name not in arrays:
@@ -95,6 +102,7 @@ def save_prepared(directory: str | Path, name: str, num_classes: int, arrays: di
             "num_classes": int(num_classes),
             "sha256": sha256,
             "shapes": {key: list(value.shape) for key, value in arrays.items()},
+            "files": {f"{key}.npy": content_hash({key: value}) for key, value in sorted(arrays.items())},
         }
         (staging / "info.json").write_text(json.dumps(info, indent=2) + "\n")
         if target.exists():
@@ -106,8 +114,22 @@ def save_prepared(directory: str | Path, name: str, num_classes: int, arrays: di
     return sha256
 
 
-def load_prepared(directory: str | Path) -> PreparedDataset:
-    """Open a prepared dataset; arrays are memory-mapped, not read."""
+def _verify(directory: Path, info: dict, arrays: dict[str, np.ndarray]) -> None:
+    """Raise :class:`PreparedDataChanged` naming the first array file whose content hash is not the recorded one."""
+    if "files" not in info:
+        raise PreparedDataChanged(f"{directory / 'info.json'} records no per-file hashes (written by an older "
+                                  "version): re-run the prepare stage (`dvc repro`)")
+    for key, array in arrays.items():
+        name = f"{key}.npy"
+        if info["files"].get(name) != content_hash({key: array}):
+            raise PreparedDataChanged(f"prepared file {directory / name} does not match the hash recorded in "
+                                      f"{directory / 'info.json'} (changed after the prepare stage wrote it); "
+                                      f"restore it with `dvc checkout --relink {directory}`")
+
+
+def load_prepared(directory: str | Path, verify: bool = False) -> PreparedDataset:
+    """Open a prepared dataset; arrays are memory-mapped, not read, unless ``verify`` reads them once to
+    check each file against its recorded hash (:class:`PreparedDataChanged`)."""
     directory = Path(directory)
     info_path = directory / "info.json"
     if not info_path.exists():
@@ -120,4 +142,6 @@ def load_prepared(directory: str | Path) -> PreparedDataset:
             arrays[key] = np.load(path, mmap_mode="r")
         elif key in ARRAYS:
             raise FileNotFoundError(f"prepared dataset {directory} is missing {path.name}")
+    if verify:
+        _verify(directory, info, arrays)
     return PreparedDataset(name=info["name"], num_classes=info["num_classes"], sha256=info["sha256"], **arrays)

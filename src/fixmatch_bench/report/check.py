@@ -6,7 +6,8 @@
   (:mod:`fixmatch_bench.spread`, never edited by hand): each cell's mean with a
   tolerance derived from the measured spread of the suite under changes of the
   floating-point path, never below the floor.
-- A cell with fewer finished folds than expected is ``incomplete``, never ``pass``.
+- A cell with fewer finished folds than expected is ``incomplete``, never ``pass``; so is a
+  baseline cell the suite did not run at all (a method left out of ``ssl_methods``).
 
 The reference check is two-sided: the suite checks reproduction, and an error far
 *below* the reference points to a protocol deviation (e.g. best-checkpoint
@@ -140,6 +141,15 @@ def check_against_reference(cells: Sequence[CellResult], reference: Mapping[str,
         results.append(CheckResult(cell.key, status, cell.mean, ref, allowed, cell.folds_done,
                                    len(cell.folds_expected), cell.missing_folds))
     return results
+
+
+def check_cells_not_run(cells: Sequence[CellResult], reference: Mapping[str, Reference], tolerance: Tolerance,
+                        folds: Sequence[int]) -> list[CheckResult]:
+    """An ``incomplete`` result, every fold missing, for each reference cell that no cell measured: a
+    baseline lists the cells of its suite, and a cell left out of the run is never a pass."""
+    measured = {cell.key for cell in cells}
+    return [CheckResult(key, "incomplete", None, ref, tolerance.for_reference(ref), 0, len(folds), tuple(folds))
+            for key, ref in reference.items() if key not in measured]
 
 
 def check_ratio_to_supervised(cells: Sequence[CellResult], max_ratio: float) -> list[CheckResult]:

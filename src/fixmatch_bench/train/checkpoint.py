@@ -16,13 +16,17 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import io
 import json
 import os
+import shutil
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
+
+from ..core.stage import writing
 
 CHECKPOINT_NAME = "state.pt"
 CHECKPOINTS_ENV = "FIXMATCH_CHECKPOINTS"
@@ -49,15 +53,28 @@ class CheckpointError(RuntimeError):
 
 
 def save_atomically(path: str | Path, obj: Any) -> Path:
-    """``torch.save`` to a temporary file beside ``path``, fsync'ed, then renamed over it."""
+    """``torch.save`` to a temporary file beside ``path``, fsync'ed, then renamed over it.
+
+    A write that fails for lack of space or permission removes the temporary file, leaves ``path``
+    as it was and raises :class:`~fixmatch_bench.core.stage.WriteFailed` (the folder, its free space,
+    the size needed): serialized in memory first, the size is known before the write.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    data = buffer.getbuffer()
     temporary = path.with_name(f".{path.name}.tmp")
-    with open(temporary, "wb") as handle:
-        torch.save(obj, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
+    with writing(path, needed=len(data)):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with open(temporary, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temporary, path)
+        except BaseException:
+            temporary.unlink(missing_ok=True)
+            raise
     directory_fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(directory_fd)
@@ -83,33 +100,72 @@ def _differences(saved: dict, current: dict, prefix: str = "") -> list[str]:
     return lines
 
 
-class RunLock:
-    """An exclusive lock on a run's checkpoint folder, held while one process trains it.
+def _open_locked(path: Path, operation: int) -> IO[str]:
+    """``path`` opened and ``flock``'ed; opened again if its folder was removed meanwhile (by the last
+    trainer of a finished run, :meth:`RunLock.finish`)."""
+    while True:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            handle = open(path, "a+")
+        except FileNotFoundError:  # the folder went between mkdir and open
+            continue
+        fcntl.flock(handle, operation)
+        try:
+            if os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino:
+                return handle
+        except FileNotFoundError:
+            pass
+        handle.close()
 
-    A second trainer of the same run and settings (a stage started again while an
-    orphaned trainer still runs) is refused instead of writing the same files. The
-    kernel releases the lock when the holder exits, however it exits.
+
+class RunLock:
+    """A run's checkpoint folder, trained by one process at a time.
+
+    Every trainer of the run holds a shared lock on ``.waiting`` from the start; the one that trains also
+    holds the exclusive ``.lock``. Another trainer of the same run and settings (a parallel experiment
+    that shares the run, a stage started again while an orphaned trainer still runs) waits for it, then
+    resumes from its checkpoint or reuses its finished one; a finished run's folder is removed only by
+    the last of them (:meth:`finish`). The kernel releases both locks when a holder exits, however it
+    exits: they are never stale.
     """
 
     def __init__(self, directory: str | Path):
-        self.path = Path(directory) / ".lock"
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._handle = open(self.path, "a+")
+        self.directory = Path(directory)
+        self._waiting = _open_locked(self.directory / ".waiting", fcntl.LOCK_SH)
+        self._lock = open(self.directory / ".lock", "a+")  # stays: no one removes the folder while we wait
+
+    def try_acquire(self) -> bool:
+        """Take the run if no other trainer holds it (then record this process as its holder)."""
         try:
-            fcntl.flock(self._handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            self._handle.seek(0)
-            holder = self._handle.read().strip() or "unknown"
-            self._handle.close()
-            raise CheckpointError(f"{directory} is in use by another trainer of this run (pid {holder}); "
-                                  "wait for it to finish or stop it, then run again") from None
-        self._handle.truncate(0)
-        self._handle.write(str(os.getpid()))
-        self._handle.flush()
+            return False
+        self._lock.truncate(0)
+        self._lock.write(str(os.getpid()))
+        self._lock.flush()
+        return True
+
+    def holder(self) -> str:
+        """The process id of the trainer that holds the run, as it recorded it."""
+        self._lock.seek(0)
+        return self._lock.read().strip() or "unknown"
+
+    def finish(self, remove: bool) -> None:
+        """Release the run; with ``remove``, delete its folder unless another trainer of it waits."""
+        fcntl.flock(self._waiting, fcntl.LOCK_UN)
+        if remove:
+            try:
+                fcntl.flock(self._waiting, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                pass  # it takes the finished checkpoint, then removes the folder itself
+            else:
+                shutil.rmtree(self.directory)
+        self.release()
 
     def release(self) -> None:
-        fcntl.flock(self._handle, fcntl.LOCK_UN)
-        self._handle.close()
+        """Release the run without removing anything (closing the files releases their locks)."""
+        self._lock.close()
+        self._waiting.close()
 
 
 def load_for_resume(directory: str | Path, fingerprint: dict) -> dict | None:

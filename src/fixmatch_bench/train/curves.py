@@ -13,6 +13,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from ..core.stage import writing
+
 
 class Curves:
     """Named scalar series logged at training steps."""
@@ -33,11 +35,12 @@ class Curves:
         for name, value in values.items():
             path = self.directory / f"{name}.tsv"
             header = not path.exists()
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with open(path, "a") as handle:
-                if header:
-                    handle.write(f"step\t{name.rsplit('/', 1)[-1]}\n")
-                handle.write(f"{step}\t{value!r}\n")
+            with writing(path):
+                path.parent.mkdir(parents=True, exist_ok=True)
+                with open(path, "a") as handle:
+                    if header:
+                        handle.write(f"step\t{name.rsplit('/', 1)[-1]}\n")
+                    handle.write(f"{step}\t{value!r}\n")
 
     def series(self, name: str) -> list[float]:
         return [values[name] for _, values in self.history if name in values]

@@ -34,8 +34,8 @@ def _nchw(array: np.ndarray, device: torch.device) -> torch.Tensor:
 
 
 def load_run_data(data_dir: Path, split_path: Path, device: torch.device) -> RunData:
-    """Move the prepared dataset and the run's labeled split onto ``device``."""
-    dataset = load_prepared(data_dir)
+    """Move the prepared dataset, checked against its recorded hashes, and the run's labeled split onto ``device``."""
+    dataset = load_prepared(data_dir, verify=True)
     split = read_split(split_path, dataset)
     indices = np.asarray(split["indices"], np.int64)
     train_images = _nchw(dataset.train_images, device)

@@ -17,7 +17,7 @@ from .distributed import SINGLE_PROCESS, World
 
 
 class NonFiniteLoss(RuntimeError):
-    """The loss became NaN or infinite; the last good checkpoint is kept."""
+    """The loss (or the weights) became NaN or infinite; no checkpoint of that state is written."""
 
 
 @dataclass
@@ -45,8 +45,7 @@ class Window:
             return
         bad_step = world.first_marked(self.first_bad_step)
         if bad_step >= 0:
-            raise NonFiniteLoss(f"the loss became non-finite at step {bad_step}; "
-                                "stopping, the last good checkpoint is kept")
+            raise NonFiniteLoss(f"the loss became non-finite at step {bad_step}; stopping")
 
     def read(self, world: World = SINGLE_PROCESS) -> dict[str, float]:
         """Means over the window and over ranks, read from the device once; raises on a non-finite loss."""

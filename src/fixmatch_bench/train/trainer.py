@@ -12,8 +12,8 @@ checkpoints every ``train.checkpoint_every`` steps and when asked to stop
 from __future__ import annotations
 
 import json
-import shutil
 import signal
+import time
 from contextlib import contextmanager
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -25,9 +25,9 @@ import torch
 from ..core.config import ParamsError, Run, validate_params
 from ..core.schema import Params
 from ..core.progress import progress as progress_bar
-from ..core.stage import require_writable
-from .checkpoint import (CHECKPOINTS_ENV, RunLock, checkpoint_root, load_for_resume, run_checkpoint_dir,
-                         save_atomically, save_checkpoint)
+from ..core.stage import require_writable, writing
+from .checkpoint import (CHECKPOINT_NAME, CHECKPOINTS_ENV, RunLock, checkpoint_root, load_for_resume,
+                         run_checkpoint_dir, save_atomically, save_checkpoint)
 from .distributed import SINGLE_PROCESS, World
 from .evaluation import accuracy, reported_error
 from .host_memory import keep_freed_memory
@@ -38,6 +38,7 @@ from .step import StepParams, draw_batch, fixmatch_step
 
 # Settings that change how a run is executed or logged but not what it computes.
 NOT_IN_FINGERPRINT = ("eval_batch", "log_every", "checkpoint_every", "device")
+WAIT_POLL_S = 0.5  # how often a trainer waiting for another trainer of its run looks again
 METRICS_FILE, CURVES_DIR = "metrics.json", "curves"
 # What metrics.json records (DVC metrics: one column each per run in `dvc exp show`): what the
 # run measured and what it cost. Which run it is, its data and its settings are in dvc.lock.
@@ -47,11 +48,14 @@ __all__ = ["Interrupted", "NonFiniteLoss", "StopRequest", "stop_on_signals", "tr
 
 
 class Interrupted(RuntimeError):
-    """Training stopped early on request after writing a checkpoint."""
+    """Training stopped early on request: after writing a checkpoint at ``step``, or (``step=None``)
+    while it waited for another trainer of its run, before training."""
 
-    def __init__(self, signum: int | None, step: int):
+    def __init__(self, signum: int | None, step: int | None):
         cause = signal.Signals(signum).name if signum is not None else "request"
-        super().__init__(f"stopped by {cause} at step {step}; checkpoint written, re-run the stage to resume")
+        where = (f"at step {step}; checkpoint written, re-run the stage to resume" if step is not None else
+                 "while waiting for another trainer of this run, before training; re-run the stage")
+        super().__init__(f"stopped by {cause} {where}")
         self.signum = signum
 
 
@@ -103,7 +107,7 @@ def fingerprint(params: Params, run: Run, data: RunData) -> dict:
         "train": params.train.model_dump(exclude=set(NOT_IN_FINGERPRINT)),
         "augment": params.augment.model_dump(),
         "dataset": params.datasets[run.dataset].model_dump(),
-        "method": method.model_dump(),
+        "method": method.model_dump(exclude={"allow_no_unlabeled_loss"}),  # what is validated, not computed
         "speed": params.speed.fingerprint(),
         "dataset_sha256": data.dataset_sha256,
         "split_sha256": data.split_sha256,
@@ -125,8 +129,10 @@ def train(params: Params | Mapping, run: Run, data_dir: Path, split_path: Path, 
 
     ``world`` is this process's rank under torchrun (:mod:`.distributed`); every rank
     returns the same metrics (timings aside), rank 0 alone writes outputs and checkpoints.
+    Rank 0 holds the folder's :class:`RunLock` meanwhile; while another trainer of the run
+    holds it, this one waits, then resumes from its checkpoint or reuses its finished one.
     Once the outputs are written the run's checkpoint folder is removed, unless
-    ``checkpoints.keep_finished``. Rank 0 holds the folder's :class:`RunLock` meanwhile.
+    ``checkpoints.keep_finished`` or another trainer of the run waits for it.
     ``params`` may be a plain mapping: it is validated first.
     """
     params, world = validate_params(params), world or SINGLE_PROCESS
@@ -141,18 +147,44 @@ def train(params: Params | Mapping, run: Run, data_dir: Path, split_path: Path, 
     data = load_run_data(data_dir, split_path, device)
     run_fingerprint = fingerprint(params, run, data)
     checkpoint_dir = run_checkpoint_dir(root, run.key, run_fingerprint)
-    lock = RunLock(checkpoint_dir) if world.is_main else None
+    stop = stop or StopRequest()
+    lock = _claim(checkpoint_dir, run, stop, world)
     try:
-        metrics, state = _train_run(params, run, data, run_fingerprint, checkpoint_dir, out_dir,
-                                    stop or StopRequest(), progress, world)
+        try:
+            metrics, state = _train_run(params, run, data, run_fingerprint, checkpoint_dir, out_dir, stop,
+                                        progress, world)
+        except NonFiniteLoss as error:
+            kept = ("the last good checkpoint is kept" if (checkpoint_dir / CHECKPOINT_NAME).exists()
+                    else "no checkpoint was written before it")
+            raise NonFiniteLoss(f"{error}, {kept}") from None
         if world.is_main:
             write_outputs(out_dir, metrics, state.ema.module.state_dict(), model_path)
-            if not params.checkpoints.keep_finished:
-                shutil.rmtree(checkpoint_dir)
+            lock.finish(remove=not params.checkpoints.keep_finished)
         return metrics
     finally:
         if lock is not None:
             lock.release()
+
+
+def _claim(checkpoint_dir: Path, run: Run, stop: StopRequest, world: World) -> RunLock | None:
+    """Rank 0's :class:`RunLock` on the run, taken once no other trainer holds it; every rank waits
+    meanwhile (in step, so that a long wait holds no collective open) and stops on a stop request."""
+    lock = RunLock(checkpoint_dir) if world.is_main else None
+    try:
+        announced = False
+        while not world.any(lock is not None and lock.try_acquire()):
+            if lock is not None and not announced:
+                print(f"{run.key}: waiting for another trainer of this run (pid {lock.holder()}) to finish or stop; "
+                      f"then resuming from or reusing its checkpoint in {checkpoint_dir}", flush=True)
+                announced = True
+            if world.any(stop.signum is not None):
+                raise Interrupted(stop.signum, None)
+            time.sleep(WAIT_POLL_S)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+    return lock
 
 
 def _train_run(params: Params, run: Run, data: RunData, run_fingerprint: dict, checkpoint_dir: Path,
@@ -206,8 +238,7 @@ def save_progress(directory: Path, run_fingerprint: dict, state: TrainState, log
     checkpoint with diverged weights (the update after the last finite loss can overflow)."""
     tensors = [t for t in state.model.state_dict().values() if t.is_floating_point()]
     if not torch.stack([tensor.isfinite().all() for tensor in tensors]).all():
-        raise NonFiniteLoss(f"the weights became non-finite by step {state.step}; stopping, "
-                            "the last good checkpoint is kept")
+        raise NonFiniteLoss(f"the weights became non-finite by step {state.step}; stopping")
     log_state = log.state_dict(world)
     if world.is_main:
         save_checkpoint(directory, {"fingerprint": run_fingerprint, "finished": finished,
@@ -246,5 +277,7 @@ def write_outputs(out_dir: Path, metrics: dict, ema_weights: dict, model_path: P
     """``metrics.json`` (the :data:`RECORDED` fields) and the EMA weights, on the CPU (they load anywhere)."""
     if model_path is not None:
         save_atomically(model_path, {name: tensor.detach().cpu() for name, tensor in ema_weights.items()})
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / METRICS_FILE).write_text(json.dumps({key: metrics[key] for key in RECORDED}, indent=2) + "\n")
+    text = json.dumps({key: metrics[key] for key in RECORDED}, indent=2) + "\n"
+    with writing(out_dir / METRICS_FILE, needed=len(text)):
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / METRICS_FILE).write_text(text)
