@@ -60,8 +60,8 @@ def _with(params: dict, key: str, value) -> dict:
     ("da_cells", ["digits_40"], "invalid params: da_cells = 'digits_40' (allowed: digits_20)"),
     ("folds", [0], "invalid params: folds[0] = 0 (must be an integer in [1, inf))"),
     ("folds", [], "invalid params: folds = [] (must not be empty)"),
-    ("treshold", 0.9, "invalid params: treshold = 0.9 (not a known key; allowed: suite_name, threshold, train, augment, "
-                      "speed, checkpoints, launcher, check, sources, datasets, methods, data, folds, cells, ssl_methods, "
+    ("treshold", 0.9, "invalid params: treshold = 0.9 (not a known key; allowed: suite_name, threshold, max_run_hours, "
+                      "train, augment, speed, checkpoints, launcher, check, sources, datasets, methods, data, folds, cells, ssl_methods, "
                       "da_cells, ablations, runs)"),
     ("train.stesp", 1024, "invalid params: train.stesp = 1024 (not a known key; allowed: steps, batch, uratio, "
                           "unlabeled_weight, lr, momentum, nesterov, ema, eval_every, median_of_last, eval_batch, "
