@@ -60,6 +60,7 @@ def wait_for_lines(path: Path, count: int, timeout_s: float = 120.0) -> None:
 def digits_workspace(root: Path, train: dict) -> tuple[Path, dict]:
     """Prepared digits and the fold-1 split of 20 labels, as the pipeline makes them, plus the
     committed params with ``train`` overrides (also written to ``root/params.yaml``)."""
+    from fixmatch_bench.core.config import validate_params
     from fixmatch_bench.data.digits import digits_arrays
     from fixmatch_bench.data.download import fetch, load_sources
     from fixmatch_bench.data.prepared import load_prepared, save_prepared
@@ -67,9 +68,8 @@ def digits_workspace(root: Path, train: dict) -> tuple[Path, dict]:
 
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     fetch(load_sources(REPO / "params.yaml", REPO / "conf/sources").files("digits")[0], root / "raw")
-    facts = params["datasets"]["digits"]
-    save_prepared(root / "prepared/digits", "digits", 10,
-                  digits_arrays(root / "raw", facts["image_size"], facts["test_size"]))
+    facts = validate_params(params).datasets["digits"]  # params hold its weight decay, conf/datasets the facts
+    save_prepared(root / "prepared/digits", "digits", 10, digits_arrays(root / "raw", facts.image_size, facts.test_size))
     write_split(make_split(load_prepared(root / "prepared/digits"), 20, 1), root / "splits/digits_20-1.json")
     params["train"].update(train)
     (root / "params.yaml").write_text(yaml.safe_dump(params))

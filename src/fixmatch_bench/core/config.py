@@ -20,6 +20,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 
+from .datasets import with_facts
 from .schema import DatasetFacts, Params, RunTable, Scalar
 
 CELL_PATTERN = re.compile(r"^(?P<dataset>[a-z0-9]+)_(?P<labels>\d+)$")
@@ -216,7 +217,7 @@ def validate_params(params: Mapping[str, Any] | Params) -> Params:
     if isinstance(params, Params):
         return params
     try:
-        typed = Params.model_validate(params)
+        typed = Params.model_validate(with_facts(params))
     except ValidationError as error:
         raise params_error(error) from None
     train = typed.train
