@@ -13,7 +13,7 @@ from fixmatch_bench.core.config import expected_runs, load_params
 from fixmatch_bench.core.stage import run_stage
 from fixmatch_bench.report import plots, tables
 from fixmatch_bench.report.ablation import write_suite_ablations
-from fixmatch_bench.report.cells import aggregate_cells, collect_runs, summary
+from fixmatch_bench.report.cells import aggregate_cells, collect_runs, run_records, summary
 from fixmatch_bench.report.published import load_published
 
 
@@ -37,6 +37,7 @@ def main() -> None:
     (out / "results.tex").write_text(tables.render_latex(cells, published))
     (out / "cost.md").write_text(tables.render_cost_markdown(collected))
     (out / "cost.csv").write_text(tables.render_cost_csv(collected))
+    (out / "runs.json").write_text(json.dumps(run_records(expected, args.results), indent=2) + "\n")
     plots.plot_error_curves(plots.load_curves(expected, args.results, "eval/error"), published,
                             out / "error_curves.png")
     plots.plot_error_vs_labels(cells, published, out / "error_vs_labels.png")

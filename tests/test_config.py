@@ -35,7 +35,7 @@ def _with(params: dict, key: str, value) -> dict:
     node = changed
     *parents, last = key.split(".")
     for part in parents:
-        node = node[part]
+        node = node.setdefault(part, {})  # a dataset fact (conf/datasets) overridden in params
     node[last] = value
     return changed
 

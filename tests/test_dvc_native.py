@@ -115,12 +115,18 @@ def test_an_interrupted_temp_experiment_resumes_from_its_checkpoint_when_run_aga
     assert list(checkpoints.iterdir()) == []  # finished: its checkpoint folder is removed
 
 
-def test_every_runs_metrics_and_curves_are_declared(mini_repo):
+def test_the_summary_is_the_metric_and_every_runs_record_and_curves_stay_at_hand(mini_repo):
+    """`dvc metrics show` (and so `dvc exp show`) lists the summary; each run's fields are in
+    reports/runs.json (`dvc metrics show reports/runs.json`) and its curves are DVC plots."""
     repo, _ = mini_repo
     metrics = json.loads(dvc(repo, "metrics", "show", "--json").stdout)
     files = {path for revision in metrics.values() for path in revision["data"]}
-    assert {"reports/summary.json", "results/digits_20-supervised-1/metrics.json",
-            "results/digits_20-fixmatch_ra-1/metrics.json"} <= files
+    assert "reports/summary.json" in files and not [path for path in files if path.startswith("results/")]
+    runs = json.loads(dvc(repo, "metrics", "show", "reports/runs.json", "--json").stdout)
+    records = next(iter(runs.values()))["data"]["reports/runs.json"]["data"]
+    assert set(records) == {"digits_20-supervised-1", "digits_20-fixmatch_ra-1"}
+    recorded = json.loads((repo / "results/digits_20-fixmatch_ra-1/metrics.json").read_text())
+    assert records["digits_20-fixmatch_ra-1"] == {key: value for key, value in recorded.items() if value is not None}
     plots = json.loads(dvc(repo, "plots", "show", "--json").stdout)["data"]
     for run in ("digits_20-supervised-1", "digits_20-fixmatch_ra-1"):
         for series in ("eval/error", "eval/accuracy", "train/loss", "train/lr"):
@@ -131,10 +137,24 @@ def test_every_runs_metrics_and_curves_are_declared(mini_repo):
     assert [int(point["step"]) for point in points] == [8, 16, 24] and all("error" in point for point in points)
 
 
-def test_a_datasets_settings_change_only_its_own_stages_and_urls_are_not_params(mini_repo):
+def test_dvc_exp_show_lists_what_experiments_sweep_not_dataset_facts_or_every_runs_fields(mini_repo):
     repo, _ = mini_repo
-    params_file = repo / "params.yaml"
-    original = params_file.read_text()
+    columns = dvc(repo, "exp", "show", "--csv").stdout.splitlines()[0].split(",")
+    assert not [column for column in columns if column.startswith("results/")]  # no per-run metrics
+    facts = [column for column in columns if column.startswith("datasets.") and not column.endswith(".weight_decay")]
+    assert not facts and "datasets.cifar100.weight_decay" in columns and "conf/datasets/digits.yaml" in columns
+    assert {"threshold", "train.steps", "augment.anchoring", "digits_20-fixmatch_ra"} <= set(columns)  # the summary
+    assert len(columns) <= 121, len(columns)  # 258 when the dataset table and every run's fields were columns
+
+
+def test_a_datasets_settings_change_only_its_own_stages_and_urls_are_not_params(mini_repo):
+    """A weight decay (params) re-runs that dataset's training runs; a fact of the dataset table
+    (conf/datasets/<name>.yaml) re-runs that dataset's preparation and training, and the cheap splits."""
+    repo, _ = mini_repo
+    params_file, table_file = repo / "params.yaml", repo / "conf/datasets/cifar100.yaml"
+    original, table = params_file.read_text(), table_file.read_text()
+    digits = repo / "conf/datasets/digits.yaml"
+    digits_table = digits.read_text()
     before = set(json.loads(dvc(repo, "status", "--json").stdout))  # check: never run here (no baseline)
     try:
         params = yaml.safe_load(original)
@@ -144,10 +164,19 @@ def test_a_datasets_settings_change_only_its_own_stages_and_urls_are_not_params(
         assert set(json.loads(dvc(repo, "status", "--json").stdout)) == before | {"validate"}
         params["datasets"]["digits"]["weight_decay"] = 0.002
         params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+        assert set(json.loads(dvc(repo, "status", "--json").stdout)) - before == {"validate", *TRAINING_STAGES}
+        params_file.write_text(original)
+        table_file.write_text(table.replace("translate: 4", "translate: 3"))
         changed = set(json.loads(dvc(repo, "status", "--json").stdout)) - before
-        assert changed == {"validate", "prepare@digits", *TRAINING_STAGES}
+        assert changed == {"validate", "split@digits_20-1"}  # the splits read the table: cheap, same output
+        table_file.write_text(table)
+        digits.write_text(digits_table.replace("translate: 2", "translate: 1"))
+        changed = set(json.loads(dvc(repo, "status", "--json").stdout)) - before
+        assert changed == {"validate", "prepare@digits", "split@digits_20-1", *TRAINING_STAGES}
     finally:
         params_file.write_text(original)
+        table_file.write_text(table)
+        digits.write_text(digits_table)
     assert "sources" in params and not {"datasets", "url", "md5"} & set(params["sources"])
     columns = dvc(repo, "exp", "show", "--csv").stdout.splitlines()[0].split(",")
     assert [c for c in columns if c.startswith("sources")] == [f"sources.{key}" for key in params["sources"]]

@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from conftest import dvc, repo_on_suite
+from miniature_datasets import STL10_COUNTS
 from miniature_server import FileServer, closed_port_url
 from paper_miniatures import STL10_TRAIN, SVHN_TRAIN_CLASS_COUNTS, stl10_large_folds, write_paper_miniatures
 
@@ -43,7 +44,8 @@ def suite_file(mirror: str | None) -> str:
         "da_cells": [],
         "train": TRAIN,
         "sources": {"mirror": mirror, "retries": 1, "timeout_s": 10, "backoff_s": 0.01},
-        "datasets": {name: {"train_size": train, "test_size": test, "network": TINY_NETWORK}
+        "datasets": {name: {"train_size": train, "test_size": test, "network": TINY_NETWORK,
+                            **({"unlabeled_size": STL10_COUNTS["unlabeled"]} if name == "stl10" else {})}
                      for name, (train, test) in SIZES.items()},
     }
     return "# @package _global_\n" + yaml.safe_dump(suite, sort_keys=False)

@@ -86,8 +86,8 @@ def test_a_run_projected_past_max_run_hours_is_refused_unless_the_bound_is_raise
     """Projected from the run's own earlier result on this device (here: 10 steps/s on the CPU)."""
     _, params = workspace
     run = Run("digits", 20, "fixmatch_ra", 1)
-    (tmp_path / "results" / run.key).mkdir(parents=True)
-    (tmp_path / "results" / run.key / "metrics.json").write_text(json.dumps({"device": "cpu", "steps_per_s": 10.0}))
+    (tmp_path / "reports").mkdir()
+    (tmp_path / "reports/runs.json").write_text(json.dumps({run.key: {"device": "cpu", "steps_per_s": 10.0}}))
     endless = copy.deepcopy(params)
     endless["train"]["steps"] = 10**12
     with pytest.raises(ParamsError, match=r"^invalid params: train.steps = 1000000000000 \(projected 27,777,778 "

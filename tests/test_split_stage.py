@@ -32,7 +32,7 @@ def stage(script: str, *args: str | Path, check: bool = True) -> subprocess.Comp
 def write_stl10_params(path: Path, train_size: int) -> Path:
     """The committed params with STL-10 as the only dataset, at ``train_size`` train images."""
     params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["datasets"]["stl10"]["train_size"] = train_size
+    params["datasets"]["stl10"].update(train_size=train_size, unlabeled_size=STL10_COUNTS["unlabeled"])
     params.update(data=["stl10"], cells=["stl10_1000", "stl10_20"])
     params["runs"] = run_table(validate_params(params))
     path.write_text(yaml.safe_dump(params, sort_keys=False))
@@ -101,6 +101,6 @@ def test_a_train_size_that_does_not_match_the_prepared_data_is_one_line_without_
     params = write_stl10_params(tmp_path / "params.yaml", 5000)
     failed = split(stl10, "stl10_1000", 1, tmp_path / "split.json", params=params, check=False)
     assert failed.returncode == 2 and "Traceback" not in failed.stderr
-    assert failed.stderr.strip() == ("error: prepared stl10 has 1010 training images, "
-                                     "but datasets.stl10.train_size is 5000")
+    assert failed.stderr.strip() == ("error: prepared stl10 has 1010 training and 6 extra unlabeled images, but "
+                                     "datasets.stl10 has train_size 5000 and unlabeled_size 6")
     assert not (tmp_path / "split.json").exists()

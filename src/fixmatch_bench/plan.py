@@ -5,7 +5,7 @@ overrides as ``dvc exp run -S``), their steps, the disk for data, models and
 checkpoints, the memory each workload needs at least (:mod:`.train.memory`) and the
 projected hours from the throughput figures this project has measured:
 ``reports/throughput.json`` (``make gpu-check``, ``python -m fixmatch_bench.bench``)
-and the steps/s that the suite's own runs recorded in ``results/<run>/metrics.json``.
+and the steps/s that the suite's own runs recorded (``reports/runs.json``).
 A workload with no figure is reported as not measured.
 
 The train stage asks the same two questions of each run before it starts
@@ -33,15 +33,15 @@ from .train.wide_resnet import WideResNet
 MIB = 2**20
 
 
-def run_figures(params: Params, results: Path) -> dict[str, dict[str, gpu_hours.Figure]]:
-    """Steps/s that the suite's own finished runs recorded, per workload: ``{workload: {device: Figure}}``."""
+def run_figures(params: Params, runs_file: Path) -> dict[str, dict[str, gpu_hours.Figure]]:
+    """Steps/s that the suite's finished runs recorded (``reports/runs.json``), per workload and device:
+    ``{workload: {device: Figure}}``."""
+    records = json.loads(runs_file.read_text()) if runs_file.exists() else {}
     measured: dict[tuple[str, str], list[float]] = {}
     for run in all_runs(params):
-        path = results / run.key / "metrics.json"
-        if path.exists():
-            metrics = json.loads(path.read_text())
-            measured.setdefault((workload(params, run), metrics["device"]), []).append(
-                metrics["steps_per_s"])
+        record = records.get(run.key)
+        if record is not None:
+            measured.setdefault((workload(params, run), record["device"]), []).append(record["steps_per_s"])
     figures: dict[str, dict[str, gpu_hours.Figure]] = {}
     for (key, device), rates in measured.items():
         figures.setdefault(key, {})[device] = gpu_hours.Figure(
@@ -130,8 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="an override, as with `dvc exp run -S` (suite=paper, train.steps=2048, ...)")
-    parser.add_argument("--reports", type=Path, default=Path("reports"), help="where throughput.json is")
-    parser.add_argument("--results", type=Path, default=Path("results"), help="the suite's run results")
+    parser.add_argument("--reports", type=Path, default=Path("reports"),
+                        help="where throughput.json and the runs' records (runs.json) are")
     parser.add_argument("--data", type=Path, default=Path("data"))
     args = parser.parse_args(argv)
     try:
@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(render(params, args.overrides, load_throughput(args.reports / "throughput.json"),
-                 run_figures(params, args.results), args.data), end="")
+                 run_figures(params, args.reports / "runs.json"), args.data), end="")
     return 0
 
 

@@ -123,6 +123,13 @@ def load_run(run: RunLike, results_dir: str | Path) -> RunResult | None:
         data["steps"], float(data["wall_time_s"]), float(data["steps_per_s"]), data["device"], **optional)
 
 
+def run_records(expected: Iterable[RunLike], results_dir: str | Path) -> dict[str, dict]:
+    """``{run: its metrics.json}`` for every finished expected run (``reports/runs.json``: what each run
+    measured and cost, in git beside the tables; the runs' own files are DVC-cached outputs)."""
+    paths = {run_dir_name(run): Path(results_dir) / run_dir_name(run) / METRICS_FILE for run in expected}
+    return {name: _read_object(path) for name, path in paths.items() if path.is_file()}
+
+
 def collect_runs(expected: Iterable[RunLike], results_dir: str | Path) -> list[tuple[RunLike, RunResult | None]]:
     """Every expected run with its result (``None`` if missing), in the given order."""
     return [(run, load_run(run, results_dir)) for run in expected]

@@ -9,8 +9,8 @@ before any work and in one line (:func:`refuse_unaffordable`):
 - a run projected to take longer than ``max_run_hours`` on its device, from the
   steps/s measured there for its workload: the protocol figure of
   ``reports/throughput.json`` (``make gpu-check``) or the run's own earlier result
-  (``results/<run>/metrics.json``). Where neither exists nothing is projected and the
-  run is not refused.
+  (``reports/runs.json``). Where neither exists nothing is projected and the run is not
+  refused.
 """
 
 from __future__ import annotations
@@ -53,11 +53,10 @@ def measured_steps_per_s(params: Params, run: Run, device: str, root: Path) -> f
         for row in report.get("results", []) if report.get("device") == device else []:
             if row.get("workload") == workload(params, run) and "steps_per_s" in row.get("protocol", {}):
                 return row["protocol"]["steps_per_s"]
-    earlier = root / "results" / run.key / "metrics.json"
-    if earlier.exists():
-        metrics = json.loads(earlier.read_text())
-        if metrics.get("device") == device and metrics.get("steps_per_s"):
-            return metrics["steps_per_s"]
+    runs = root / "reports/runs.json"
+    earlier = json.loads(runs.read_text()).get(run.key) if runs.exists() else None
+    if earlier is not None and earlier.get("device") == device and earlier.get("steps_per_s"):
+        return earlier["steps_per_s"]
     return None
 
 
