@@ -49,14 +49,17 @@ def _sequential_metrics(workspace: Path, repo: Path, threshold: float, run: str)
 
 
 def _experiment_metrics(repo: Path) -> dict[float, dict[str, dict]]:
-    """Each queued experiment's runs' metrics, by its threshold, from `dvc exp show`."""
+    """Each queued experiment's runs' metrics, by its threshold: `dvc exp show` names each run's
+    metrics.json (a DVC-cached output) by its hash in DVC's cache."""
     shown = json.loads(dvc(repo, "exp", "show", "--json").stdout)
     result = {}
     for experiment in (exp for rev in shown for exp in rev.get("experiments") or []):
         data = experiment["revs"][0]["data"]
         threshold = data["params"]["params.yaml"]["data"]["threshold"]
-        result[threshold] = {path.split("/")[1]: metrics["data"] for path, metrics in data["metrics"].items()
-                             if path.startswith("results/")}
+        digests = {path.split("/")[1]: out["hash"] for path, out in data["outs"].items()
+                   if path.startswith("results/") and path.endswith("/metrics.json")}
+        result[threshold] = {run: json.loads((repo / ".dvc/cache/files/md5" / digest[:2] / digest[2:]).read_text())
+                             for run, digest in digests.items()}
     return result
 
 
