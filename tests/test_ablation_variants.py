@@ -107,26 +107,26 @@ def test_adam_is_tensorflows_with_l2_in_the_gradient_and_eps_on_the_uncorrected_
     assert TFAdam([weight], lr, b1, 0.0).defaults["eps"] == 1e-4  # the script's epsilon when beta2 = 0
 
 
-def test_compiled_adam_follows_eager_adam_without_recompiling_as_the_step_count_grows(monkeypatch):
+def test_compiled_adam_follows_eager_adam_without_recompiling_as_the_step_count_grows():
     """Under ``compile: step`` the update is compiled with the learning rate in a device tensor; the step
     count and the bias correction are tensors too, so one graph serves every step."""
-    monkeypatch.setattr(torch._dynamo.config, "error_on_recompile", True)
     torch.compiler.reset()
     eager, compiled = (nn.Linear(4, 3) for _ in range(2))
     compiled.load_state_dict(eager.state_dict())
     optimizers = [build_optimizer(model, "adam", 0.002, 5e-4, momentum=0.9, nesterov=True, beta1=0.9, beta2=0.999)
                   for model in (eager, compiled)]
     step = static_compile(optimizers[1].step)
-    for t in range(1, 6):
-        for model, optimizer in zip((eager, compiled), optimizers):
-            set_lr(optimizer, 0.002 * t, as_tensor=optimizer is optimizers[1])
-            gradient = torch.Generator().manual_seed(t)
-            for parameter in model.parameters():
-                parameter.grad = torch.randn(parameter.shape, generator=gradient)
-        optimizers[0].step()
-        step()
-        for a, b in zip(eager.parameters(), compiled.parameters()):
-            assert torch.allclose(a, b, rtol=0, atol=1e-7)
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for t in range(1, 6):
+            for model, optimizer in zip((eager, compiled), optimizers):
+                set_lr(optimizer, 0.002 * t, as_tensor=optimizer is optimizers[1])
+                gradient = torch.Generator().manual_seed(t)
+                for parameter in model.parameters():
+                    parameter.grad = torch.randn(parameter.shape, generator=gradient)
+            optimizers[0].step()
+            step()
+            for a, b in zip(eager.parameters(), compiled.parameters()):
+                assert torch.allclose(a, b, rtol=0, atol=1e-7)
     assert float(optimizers[1].state[compiled.weight]["t"]) == 5.0
 
 

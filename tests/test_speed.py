@@ -52,7 +52,7 @@ def test_defaults_are_the_exact_path_and_the_committed_params_match_them(params)
     ("weak_no_grad", 1, "invalid params: speed.weak_no_grad = 1 (allowed: true, false)"),
     ("autocast_fp16", True, "invalid params: speed.autocast_fp16 = True (not a known key; allowed: "
                             "channels_last, autocast_bf16, compile, compile_mode, compile_augment, optimizer_impl, "
-                            "weak_no_grad, tf32)"),
+                            "weak_no_grad, tf32, deterministic)"),
     ("compile_augment", "on", "invalid params: speed.compile_augment = 'on' (allowed: true, false)"),
 ])
 def test_bad_speed_params_are_refused_naming_key_value_and_allowed(params, key, value, message):
