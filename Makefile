@@ -27,11 +27,11 @@ uv:  ## bootstrap uv from PyPI if it is missing
 	@command -v $(UV) >/dev/null 2>&1 || python3 -m pip install --user --quiet uv
 
 params: install  ## regenerate params.yaml from conf/ (what `dvc exp run` does)
-	$(UV) run python -m fixmatch_bench.compose params.yaml
+	$(UV) run python -m fixmatch_bench.tools.compose params.yaml
 
 baseline: install  ## measure the suite's spread (conf/spread.yaml) and write its baseline + tolerances (~45 min on 2 cores)
 	$(UV) run dvc repro split
-	$(UV) run python -m fixmatch_bench.spread
+	$(UV) run python -m fixmatch_bench.tools.spread
 
 bench: install  ## throughput benchmarks (GPU figures when a GPU is present)
 	$(UV) run pytest benchmarks --benchmark-only -q
@@ -39,7 +39,7 @@ bench: install  ## throughput benchmarks (GPU figures when a GPU is present)
 # PY=<python> uses that interpreter instead of the locked environment and installs nothing: a GPU
 # machine with its own torch (PYTHONPATH=src, docs/gpu_check.md).
 gpu-check: $(if $(PY),,install)  ## the CUDA path in one short run (tests marked cuda, then the quick benchmark): reports/gpu_check.md
-	$(or $(PY),$(UV) run python) -m fixmatch_bench.gpu_check $(GPU_CHECK_ARGS)
+	$(or $(PY),$(UV) run python) -m fixmatch_bench.tools.gpu_check $(GPU_CHECK_ARGS)
 
 # The pure-Python packages a GPU image with its own torch may lack, as wheels at uv.lock's versions,
 # for a machine without a package index (docs/gpu_check.md). pydantic-core is compiled: built for

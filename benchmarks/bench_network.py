@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from fixmatch_bench.train.distribution_alignment import DistributionAlignment
 from fixmatch_bench.train.ema import ModelEMA
-from fixmatch_bench.train.wide_resnet import WideResNet
+from fixmatch_bench.models.wide_resnet import WideResNet
 
 
 @pytest.mark.parametrize("padding", ["tf", "symmetric"])

@@ -1,10 +1,10 @@
-"""Operator calls per training step (:mod:`fixmatch_bench.operator_calls`): a count, the same on every machine.
+"""Operator calls per training step (:mod:`fixmatch_bench.tools.operator_calls`): a count, the same on every machine.
 
 Run: ``uv run pytest benchmarks --benchmark-only -q -s -k operator_calls``. Per network and
 strong augmentation of the paper suite, the trainer's step on CPU with the dense augmentation (what
 CUDA runs), at B = 2, mu = 7 (the counts do not depend on the batch). The calls per phase are printed
 and stored in ``benchmark.extra_info``, with the augmentation's calls before issue 28; the time is
-that of counting (one profiled step), not a training figure. ``python -m fixmatch_bench.operator_calls``
+that of counting (one profiled step), not a training figure. ``python -m fixmatch_bench.tools.operator_calls``
 writes the same counts to reports/operator_calls.md.
 """
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pytest
 
-from fixmatch_bench.operator_calls import AUGMENTATION_BEFORE, AUGMENTATIONS, NETWORKS, paper_params, step_calls
+from fixmatch_bench.tools.operator_calls import AUGMENTATION_BEFORE, AUGMENTATIONS, NETWORKS, paper_params, step_calls
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ the configuration's steps (EMA evaluations included); pytest-benchmark reports t
 statistics, and (b)'s ``extra_info`` its steps/s ratio to (a) measured in the same session.
 On CUDA the first full configuration (WRN-28-2, CIFAR-10 shapes, RandAugment) with the
 suite's GPU speed options; on a CPU-only machine the reduced configuration (seconds, not a
-GPU figure). `python -m fixmatch_bench.bench` measures every configuration and the ladder.
+GPU figure). `python -m fixmatch_bench.tools.bench` measures every configuration and the ladder.
 """
 
 from pathlib import Path
@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from fixmatch_bench.bench import GPU_SPEED, full_configs, peers_step, reduced_configs, suite_step
-from fixmatch_bench.compose import compose_params
-from fixmatch_bench.core.config import validate_params
+from fixmatch_bench.tools.bench import GPU_SPEED, full_configs, peers_step, reduced_configs, suite_step
+from fixmatch_bench.tools.compose import compose_params
+from fixmatch_bench.core.params import validate_params
 from fixmatch_bench.train.host_memory import keep_freed_memory
 from fixmatch_bench.train.speed import SpeedOptions
 

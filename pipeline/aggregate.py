@@ -9,7 +9,8 @@ import argparse
 import json
 from pathlib import Path
 
-from fixmatch_bench.core.config import expected_runs, load_params
+from fixmatch_bench.core.params import load_params
+from fixmatch_bench.core.runs import expected_runs
 from fixmatch_bench.core.stage import run_stage
 from fixmatch_bench.report import plots, tables
 from fixmatch_bench.report.ablation import write_suite_ablations

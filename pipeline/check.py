@@ -20,7 +20,8 @@ import argparse
 import json
 from pathlib import Path
 
-from fixmatch_bench.core.config import expected_runs, load_params
+from fixmatch_bench.core.params import load_params
+from fixmatch_bench.core.runs import expected_runs
 from fixmatch_bench.core.stage import run_stage
 from fixmatch_bench.report.cells import aggregate_cells, collect_runs
 from fixmatch_bench.report.check import (

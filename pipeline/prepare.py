@@ -13,7 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from fixmatch_bench.core.config import load_params
+from fixmatch_bench.core.params import load_params
 from fixmatch_bench.data import digits
 from fixmatch_bench.data.download import CATALOG_DIR, SourcesError, load_sources
 from fixmatch_bench.data.prepared import save_prepared

@@ -3,7 +3,8 @@
 import argparse
 from pathlib import Path
 
-from fixmatch_bench.core.config import load_params, parse_cell
+from fixmatch_bench.core.params import load_params
+from fixmatch_bench.core.runs import parse_cell
 from fixmatch_bench.core.stage import run_stage
 from fixmatch_bench.data.prepared import load_prepared
 from fixmatch_bench.data.splits import make_split, write_split

@@ -12,12 +12,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from fixmatch_bench.core.config import load_params, parse_run, run_params
+from fixmatch_bench.core.params import load_params, parse_run, run_params
 from fixmatch_bench.core.stage import end_with_dvc, refuse_training_if_switched_off, run_stage
 from fixmatch_bench.train.budget import refuse_unaffordable
 from fixmatch_bench.train.checkpoint import CheckpointError
 from fixmatch_bench.train.distributed import launch
-from fixmatch_bench.train.speed import SpeedOptionFailed
+from fixmatch_bench.core.compiled import SpeedOptionFailed
 from fixmatch_bench.train.trainer import (Interrupted, NonFiniteLoss, StopRequest, resolve_device, stop_on_signals,
                                           train)
 

@@ -11,7 +11,7 @@ The output's content does not depend on the params: a good edit re-runs this sta
 import argparse
 from pathlib import Path
 
-from fixmatch_bench.core.config import load_params
+from fixmatch_bench.core.params import load_params
 from fixmatch_bench.core.stage import run_stage
 
 VALIDATED = "params.yaml passed pipeline/validate.py\n"

@@ -7,10 +7,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from fixmatch_bench.train.augment import randaugment
-from fixmatch_bench.train.augment.ctaugment import CTA_FILL, CTA_OPS, CTAugment
-from fixmatch_bench.train.augment.primitives import Fill
-from fixmatch_bench.train.augment.randaugment import RA_FILL
+from fixmatch_bench.augment import randaugment
+from fixmatch_bench.augment.ctaugment import CTA_FILL, CTA_OPS, CTAugment
+from fixmatch_bench.augment.primitives import Fill
+from fixmatch_bench.augment.randaugment import RA_FILL
 
 
 def make_images(n: int, channels: int, size: int, seed: int = 0) -> torch.Tensor:

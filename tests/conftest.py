@@ -22,8 +22,8 @@ def dvc(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProce
     return done
 
 
-def git(repo: Path, *args: str) -> None:
-    subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True)
+def git(repo: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True, text=True)
 
 
 def repo_on_suite(destination: Path, name: str, suite: str, files: dict[str, str] | None = None) -> Path:
@@ -42,7 +42,7 @@ def repo_on_suite(destination: Path, name: str, suite: str, files: dict[str, str
         (destination / path).write_text(text)
     config = destination / "conf/config.yaml"
     config.write_text(config.read_text().replace("  - suite: quick", f"  - suite: {name}"))
-    subprocess.run([sys.executable, "-m", "fixmatch_bench.compose", "params.yaml"], cwd=destination, check=True)
+    subprocess.run([sys.executable, "-m", "fixmatch_bench.tools.compose", "params.yaml"], cwd=destination, check=True)
     (destination / "dvc.lock").unlink(missing_ok=True)
     git(destination, "init", "-q")
     git(destination, "add", "-A")
@@ -60,7 +60,7 @@ def wait_for_lines(path: Path, count: int, timeout_s: float = 120.0) -> None:
 def digits_workspace(root: Path, train: dict) -> tuple[Path, dict]:
     """Prepared digits and the fold-1 split of 20 labels, as the pipeline makes them, plus the
     committed params with ``train`` overrides (also written to ``root/params.yaml``)."""
-    from fixmatch_bench.core.config import validate_params
+    from fixmatch_bench.core.params import validate_params
     from fixmatch_bench.data.digits import digits_arrays
     from fixmatch_bench.data.download import fetch, load_sources
     from fixmatch_bench.data.prepared import load_prepared, save_prepared
@@ -99,7 +99,7 @@ def pytest_collection_modifyitems(config, items):
 
 def pytest_runtest_setup(item):
     """Under `make gpu-check`, the cuda tests not started by the deadline are skipped as not run."""
-    from fixmatch_bench.gpu_check import DEADLINE_ENV
+    from fixmatch_bench.tools.gpu_check import DEADLINE_ENV
 
     deadline = os.environ.get(DEADLINE_ENV)
     if deadline and item.get_closest_marker("cuda") is not None and time.time() > float(deadline):

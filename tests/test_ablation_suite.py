@@ -10,9 +10,10 @@ import sys
 import pytest
 from PIL import Image
 
-from fixmatch_bench.compose import compose_params, write_params
-from fixmatch_bench.core.config import (ParamsError, Run, ablation_runs, parse_run, run_params, run_table,
-                                        validate_params, with_variant)
+from fixmatch_bench.tools.compose import compose_params, write_params
+from fixmatch_bench.core.errors import ParamsError
+from fixmatch_bench.core.params import parse_run, run_params, validate_params, with_variant
+from fixmatch_bench.core.runs import Run, ablation_runs, run_table
 from fixmatch_bench.report.ablation import AblationPoint, plot_ablation, suite_points, write_suite_ablations
 from fixmatch_bench.report.published import parse_published
 
@@ -72,7 +73,7 @@ def test_a_bad_variant_is_refused_in_one_line(ablations, message):
 
 
 def test_dvc_exp_run_with_a_bad_variant_fails_while_params_are_composed(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "fixmatch_bench.compose", str(tmp_path / "p.yaml"),
+    done = subprocess.run([sys.executable, "-m", "fixmatch_bench.tools.compose", str(tmp_path / "p.yaml"),
                            "+ablations={a: [{threshold: 1.5}]}"], cwd=REPO, capture_output=True, text=True)
     assert done.returncode == 2 and not (tmp_path / "p.yaml").exists()
     assert done.stderr == "error: invalid params: ablations.a[0]: threshold = 1.5 (must be a number in [0.0, 1.0])\n"

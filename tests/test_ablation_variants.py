@@ -12,12 +12,14 @@ import torch
 from torch import nn
 
 from conftest import digits_workspace
-from fixmatch_bench.core.config import ParamsError, Run, validate_params
-from fixmatch_bench.train.augment import make_augmenter
-from fixmatch_bench.train.augment.ctaugment import CTA_FILL
+from fixmatch_bench.core.errors import ParamsError
+from fixmatch_bench.core.params import validate_params
+from fixmatch_bench.core.runs import Run
+from fixmatch_bench.augment import make_augmenter
+from fixmatch_bench.augment.ctaugment import CTA_FILL
 from fixmatch_bench.train.fixmatch import Batch, fixmatch_loss
 from fixmatch_bench.train.optim import TFAdam, build_optimizer, linear_lr, scheduled_lr, set_lr
-from fixmatch_bench.train.speed import static_compile
+from fixmatch_bench.core.compiled import static_compile
 from fixmatch_bench.train.step import StepParams, draw_batch
 from fixmatch_bench.train.trainer import train
 

@@ -4,7 +4,7 @@ Inductor compiles them here with contraction forced on (``-ffp-contract=fast``):
 fuses a product and a sum into one FMA wherever it can, as Triton does by default on CUDA. The
 formulas before issue 28 moved pixels by one level there (0.003 % to 0.013 % of the pixels of each
 case of ``every_op_cases``, measured with torch 2.13 on this suite's CPU machine); why the current
-ones cannot is in :mod:`fixmatch_bench.train.augment.tensor_ops`. The CUDA twin is
+ones cannot is in :mod:`fixmatch_bench.augment.tensor_ops`. The CUDA twin is
 ``tests/test_cuda.py::test_the_compiled_dense_ops_on_cuda_equal_the_cpu``.
 """
 
@@ -16,10 +16,10 @@ import torch
 import torch._inductor.config
 
 from augment_helpers import every_op_cases, largest_difference
-from fixmatch_bench.train.augment import tensor_ops
-from fixmatch_bench.train.augment.ctaugment import CTA_FILL
-from fixmatch_bench.train.augment.primitives import CUTOUT_STEP, EVERY_OP, NUM_ARGS, Op
-from fixmatch_bench.train.speed import static_compile
+from fixmatch_bench.augment import tensor_ops
+from fixmatch_bench.augment.ctaugment import CTA_FILL
+from fixmatch_bench.augment.primitives import CUTOUT_STEP, EVERY_OP, NUM_ARGS, Op
+from fixmatch_bench.core.compiled import static_compile
 
 STEPS = 3  # the longest case: RandAugment's two steps and its cutout
 

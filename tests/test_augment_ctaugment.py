@@ -8,9 +8,9 @@ import torch
 from scipy.stats import chisquare
 
 from augment_helpers import make_images
-from fixmatch_bench.train.augment import make_augmenter
-from fixmatch_bench.train.augment.ctaugment import CTA_FILL, CTA_OPS, CTAugment, cutout_side
-from fixmatch_bench.train.augment.primitives import Op
+from fixmatch_bench.augment import make_augmenter
+from fixmatch_bench.augment.ctaugment import CTA_FILL, CTA_OPS, CTAugment, cutout_side
+from fixmatch_bench.augment.primitives import Op
 
 NAMES = [name for name, _, _ in CTA_OPS]
 

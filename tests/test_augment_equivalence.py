@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from augment_helpers import make_images
-from fixmatch_bench.train.augment import pil_ops, randaugment, tensor_ops
-from fixmatch_bench.train.augment.ctaugment import CTA_FILL, CTA_OPS, CTAugment
+from fixmatch_bench.augment import pil_ops, randaugment, tensor_ops
+from fixmatch_bench.augment.ctaugment import CTA_FILL, CTA_OPS, CTAugment
 
 SHAPES = [(1, 16), (3, 32), (3, 96)]
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fixmatch_bench.train.augment import pil_ops, tensor_ops
-from fixmatch_bench.train.augment.primitives import Fill, Op
+from fixmatch_bench.augment import pil_ops, tensor_ops
+from fixmatch_bench.augment.primitives import Fill, Op
 
 BACKENDS = {"batched": tensor_ops, "reference": pil_ops}
 FILL = Fill(geometric=0, cutout=127)

@@ -6,8 +6,8 @@ import pytest
 import torch
 from scipy.stats import chisquare
 
-from fixmatch_bench.train.augment import make_augmenter, randaugment
-from fixmatch_bench.train.augment.primitives import Op
+from fixmatch_bench.augment import make_augmenter, randaugment
+from fixmatch_bench.augment.primitives import Op
 
 LEVELS = torch.arange(1, 10)
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 from scipy.stats import chisquare
 
-from fixmatch_bench.train.augment import make_augmenter, pil_ops, tensor_ops
-from fixmatch_bench.train.augment.weak import sample_weak
+from fixmatch_bench.augment import make_augmenter, pil_ops, tensor_ops
+from fixmatch_bench.augment.weak import sample_weak
 
 BACKENDS = {"batched": tensor_ops, "reference": pil_ops}
 

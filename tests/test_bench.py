@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from fixmatch_bench.bench import (GPU_LADDER, GPU_SPEED, BenchConfig, _attempt, _breakdown, _PerImage, main,
+from fixmatch_bench.tools.bench import (GPU_LADDER, GPU_SPEED, BenchConfig, _attempt, _breakdown, _PerImage, main,
                                   random_data, reduced_configs, render_markdown, suite_step, timed_rounds,
                                   write_report)
-from fixmatch_bench import bench
-from fixmatch_bench.compose import compose_params
-from fixmatch_bench.core.config import validate_params
+from fixmatch_bench.tools import bench
+from fixmatch_bench.tools.compose import compose_params
+from fixmatch_bench.core.params import validate_params
 from fixmatch_bench.train import step as train_step
 from fixmatch_bench.train.speed import SpeedOptions
 
@@ -163,7 +163,7 @@ def test_only_that_matches_no_configuration_is_refused(tmp_path, capsys):
 
 
 def test_the_reduced_benchmark_runs_end_to_end_from_the_command_line(tmp_path):
-    """What CI exercises of ``python -m fixmatch_bench.bench``: both pipelines, the ratio, the CPU ladder."""
+    """What CI exercises of ``python -m fixmatch_bench.tools.bench``: both pipelines, the ratio, the CPU ladder."""
     main(["--reduced", "--device", "cpu", "--out", str(tmp_path)])
     report = json.loads((tmp_path / "throughput.json").read_text())
     assert report["gpu_figures"] == "not measured" and report["reduced"]

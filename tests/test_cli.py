@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, digits_workspace
-from fixmatch_bench.core.config import Run
+from fixmatch_bench.core.runs import Run
 from fixmatch_bench.train.trainer import train
 from fixmatch_bench.trained import error_on_test_set, load_model
 

@@ -1,4 +1,4 @@
-"""`python -m fixmatch_bench.cluster` against a real one-node SLURM cluster on localhost
+"""`python -m fixmatch_bench.tools.cluster` against a real one-node SLURM cluster on localhost
 (tests/slurm_cluster.py): results come back through DVC equal to a local `dvc repro`, a requeued
 run resumes from its checkpoint, failures are visible, and submitting again skips what is done."""
 
@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from conftest import dvc, repo_on_suite
-from fixmatch_bench.cluster import steps_done
+from fixmatch_bench.tools.cluster import steps_done
 from slurm_cluster import Cluster, start_cluster
 from test_pipeline import MINI_SUITE
 
@@ -44,7 +44,7 @@ def _repo(path: Path, suite: str) -> Path:
 
 def _cluster_cli(cluster: Cluster, repo: Path, *args: str) -> subprocess.CompletedProcess:
     env = {**cluster.env, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1"}
-    return subprocess.run([sys.executable, "-m", "fixmatch_bench.cluster", *args], cwd=repo, env=env,
+    return subprocess.run([sys.executable, "-m", "fixmatch_bench.tools.cluster", *args], cwd=repo, env=env,
                           capture_output=True, text=True)
 
 

@@ -5,8 +5,10 @@ import sys
 import pytest
 import yaml
 
-from fixmatch_bench.compose import write_params
-from fixmatch_bench.core.config import ParamsError, Run, expected_runs, load_params, parse_run, run_table, validate_params
+from fixmatch_bench.tools.compose import write_params
+from fixmatch_bench.core.errors import ParamsError
+from fixmatch_bench.core.params import load_params, parse_run, validate_params
+from fixmatch_bench.core.runs import Run, expected_runs, run_table
 from conftest import REPO
 
 
@@ -140,14 +142,14 @@ def test_the_runs_table_follows_the_suites_lists_and_a_stale_one_is_refused(para
 
 
 def test_composing_a_bad_value_fails_with_one_line_and_writes_nothing(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "fixmatch_bench.compose", str(tmp_path / "p.yaml"), "threshold=1.5"],
+    done = subprocess.run([sys.executable, "-m", "fixmatch_bench.tools.compose", str(tmp_path / "p.yaml"), "threshold=1.5"],
                           cwd=REPO, capture_output=True, text=True)
     assert done.returncode == 2 and not (tmp_path / "p.yaml").exists()
     assert done.stderr == "error: invalid params: threshold = 1.5 (must be a number in [0.0, 1.0])\n"
 
 
 def test_an_unknown_suite_is_refused_in_one_line_listing_the_suites(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "fixmatch_bench.compose", str(tmp_path / "p.yaml"), "suite=nope"],
+    done = subprocess.run([sys.executable, "-m", "fixmatch_bench.tools.compose", str(tmp_path / "p.yaml"), "suite=nope"],
                           cwd=REPO, capture_output=True, text=True)
     suites = ", ".join(sorted(path.stem for path in (REPO / "conf/suite").glob("*.yaml")))
     assert done.returncode == 2 and not (tmp_path / "p.yaml").exists()

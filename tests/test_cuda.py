@@ -25,16 +25,17 @@ import torch
 
 from augment_helpers import StepCase, every_op_cases, largest_difference, make_images
 from conftest import REPO
-from fixmatch_bench.bench import GPU_LADDER, BenchConfig, suite_step
-from fixmatch_bench.compose import compose_params
-from fixmatch_bench.core.config import Run, validate_params
+from fixmatch_bench.tools.bench import GPU_LADDER, BenchConfig, suite_step
+from fixmatch_bench.tools.compose import compose_params
+from fixmatch_bench.core.params import validate_params
+from fixmatch_bench.core.runs import Run
 from fixmatch_bench.core.schema import SpeedOptions
-from fixmatch_bench.train.augment import tensor_ops
-from fixmatch_bench.train.augment.ctaugment import CTAugment
-from fixmatch_bench.train.augment.weak import sample_weak
+from fixmatch_bench.augment import tensor_ops
+from fixmatch_bench.augment.ctaugment import CTAugment
+from fixmatch_bench.augment.weak import sample_weak
 from fixmatch_bench.train.memory import estimate
 from fixmatch_bench.train.run_log import RunLog
-from fixmatch_bench.train.speed import static_compile
+from fixmatch_bench.core.compiled import static_compile
 from fixmatch_bench.train.step import draw_batch, fixmatch_step
 from fixmatch_bench.train.trainer import Interrupted, StopRequest, train
 from test_trainer import _assert_same_run, _final_state, _train, workspace  # noqa: F401 (the digits fixture)

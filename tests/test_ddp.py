@@ -22,9 +22,9 @@ from torch import nn
 from conftest import REPO, wait_for_lines
 from fixmatch_bench.train import state as train_state
 from fixmatch_bench.train import trainer
-from fixmatch_bench.core.config import Run
+from fixmatch_bench.core.runs import Run
 from fixmatch_bench.train.distributed import SINGLE_PROCESS, World, launch
-from fixmatch_bench.train.wide_resnet import WideResNet
+from fixmatch_bench.models.wide_resnet import WideResNet
 from test_trainer import workspace  # noqa: F401 (the tiny digits workspace fixture)
 
 RANKS = 2

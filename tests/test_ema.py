@@ -4,7 +4,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fixmatch_bench.train.ema import ModelEMA
-from fixmatch_bench.train.wide_resnet import WideResNet
+from fixmatch_bench.models.wide_resnet import WideResNet
 
 
 def set_linear(layer: nn.Linear, weight: list[float], bias: float) -> None:

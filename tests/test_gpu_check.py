@@ -8,11 +8,11 @@ import textwrap
 import torch
 
 from conftest import REPO
-from fixmatch_bench.gpu_check import NO_CUDA, environment, read_junit, render
+from fixmatch_bench.tools.gpu_check import NO_CUDA, environment, read_junit, render
 
 
 def test_without_a_gpu_every_cuda_test_is_skipped_with_its_reason_and_the_summary_says_so(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "fixmatch_bench.gpu_check", "--out", str(tmp_path)], cwd=REPO,
+    done = subprocess.run([sys.executable, "-m", "fixmatch_bench.tools.gpu_check", "--out", str(tmp_path)], cwd=REPO,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     summary = json.loads((tmp_path / "gpu_check.json").read_text())

@@ -3,8 +3,9 @@
 import pytest
 
 from conftest import REPO
-from fixmatch_bench.compose import compose_params
-from fixmatch_bench.core.config import Run, all_runs, validate_params
+from fixmatch_bench.tools.compose import compose_params
+from fixmatch_bench.core.params import validate_params
+from fixmatch_bench.core.runs import Run, all_runs
 from fixmatch_bench.core.schema import SpeedOptions
 from fixmatch_bench.report import gpu_hours
 from fixmatch_bench.train.budget import workload

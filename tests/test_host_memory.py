@@ -14,7 +14,7 @@ pytestmark = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc
 STEPS = """
 import resource, sys, torch
 from fixmatch_bench.train.host_memory import keep_freed_memory
-from fixmatch_bench.train.wide_resnet import WideResNet
+from fixmatch_bench.models.wide_resnet import WideResNet
 kept = keep_freed_memory() if sys.argv[1] == "keep" else False
 torch.manual_seed(0)
 model = WideResNet(num_classes=10, in_channels=1, filters=16, scales=2, repeat=1, bn_momentum=0.01)

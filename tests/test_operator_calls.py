@@ -1,4 +1,4 @@
-"""Operator calls per training step (:mod:`fixmatch_bench.operator_calls`): what is counted, and issue 28's bounds.
+"""Operator calls per training step (:mod:`fixmatch_bench.tools.operator_calls`): what is counted, and issue 28's bounds.
 
 Counts, not times: they are the same on every machine (for one torch version).
 """
@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch.profiler import record_function
 
-from fixmatch_bench import operator_calls
-from fixmatch_bench.operator_calls import AUGMENTATION_BEFORE, VIEWS_BEFORE, count_calls, paper_params, step_calls
+from fixmatch_bench.tools import operator_calls
+from fixmatch_bench.tools.operator_calls import AUGMENTATION_BEFORE, VIEWS_BEFORE, count_calls, paper_params, step_calls
 
 
 @pytest.fixture(scope="module")

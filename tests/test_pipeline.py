@@ -51,7 +51,7 @@ def baselined_repo(mini_repo, tmp_path_factory) -> Path:
     shutil.copytree(mini_repo, repo, symlinks=True)
     plan = repo / "one_fold_spread.yaml"
     plan.write_text("factor: 3.0\nfolds: [1]\nvariations:\n  pipeline: {}\n")
-    subprocess.run([sys.executable, "-m", "fixmatch_bench.spread", "--plan", str(plan)], cwd=repo, check=True,
+    subprocess.run([sys.executable, "-m", "fixmatch_bench.tools.spread", "--plan", str(plan)], cwd=repo, check=True,
                    capture_output=True)
     plan.unlink()
     dvc(repo, "repro")

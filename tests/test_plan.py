@@ -1,4 +1,4 @@
-"""The cost of a suite before it starts (`python -m fixmatch_bench.plan`), and the train stage's
+"""The cost of a suite before it starts (`python -m fixmatch_bench.tools.plan`), and the train stage's
 refusal of a run its device cannot hold or that would run for longer than max_run_hours."""
 
 import copy
@@ -11,14 +11,16 @@ import torch
 import yaml
 
 from conftest import REPO, digits_workspace
-from fixmatch_bench.compose import compose_params
-from fixmatch_bench.core.config import ParamsError, Run, validate_params
+from fixmatch_bench.tools.compose import compose_params
+from fixmatch_bench.core.errors import ParamsError
+from fixmatch_bench.core.params import validate_params
+from fixmatch_bench.core.runs import Run
 from fixmatch_bench.train.budget import device_memory, refuse_unaffordable, workload
 from fixmatch_bench.train.memory import estimate
 
 
 def _plan(*args: str) -> str:
-    done = subprocess.run([sys.executable, "-m", "fixmatch_bench.plan", *args], cwd=REPO, capture_output=True,
+    done = subprocess.run([sys.executable, "-m", "fixmatch_bench.tools.plan", *args], cwd=REPO, capture_output=True,
                           text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     return done.stdout

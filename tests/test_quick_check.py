@@ -10,14 +10,15 @@ import pytest
 import yaml
 
 from conftest import REPO, digits_workspace
-from fixmatch_bench.core.config import Run, expected_runs, run_table, validate_params
+from fixmatch_bench.core.params import validate_params
+from fixmatch_bench.core.runs import Run, expected_runs, run_table
 from fixmatch_bench.report.cells import CellResult
 from fixmatch_bench.report.check import (Tolerance, baseline_references, check_against_reference,
                                          check_ratio_to_supervised, load_baseline)
 from fixmatch_bench.data.prepared import load_prepared
 from fixmatch_bench.data.splits import make_split, write_split
 from fixmatch_bench.train.trainer import train
-from fixmatch_bench.spread import load_plan
+from fixmatch_bench.tools.spread import load_plan
 
 BASELINE = REPO / "reports/baseline/quick.json"
 SPREAD = json.loads((REPO / "reports/baseline/quick_spread.json").read_text())

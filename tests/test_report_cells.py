@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from fixmatch_bench.core.config import Run
+from fixmatch_bench.core.runs import Run
 from fixmatch_bench.report.cells import (
     ResultsError,
     aggregate_cells,

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fixmatch_bench.core.config import Run
+from fixmatch_bench.core.runs import Run
 from fixmatch_bench.report.cells import CellResult, run_dir_name
 from fixmatch_bench.report.plots import (
     Curve,

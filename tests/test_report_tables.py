@@ -2,7 +2,7 @@ import csv
 import io
 from pathlib import Path
 
-from fixmatch_bench.core.config import Run
+from fixmatch_bench.core.runs import Run
 from fixmatch_bench.report.cells import CellResult, RunResult
 from fixmatch_bench.report.published import parse_published
 from fixmatch_bench.report.tables import (

@@ -12,13 +12,15 @@ from pydantic import ValidationError
 from torch import nn
 
 from conftest import REPO, digits_workspace
-from fixmatch_bench.core.config import ParamsError, Run, validate_params
+from fixmatch_bench.core.errors import ParamsError
+from fixmatch_bench.core.params import validate_params
+from fixmatch_bench.core.runs import Run
 from fixmatch_bench.train.evaluation import accuracy
 from fixmatch_bench.train.fixmatch import Batch, fixmatch_loss
 from fixmatch_bench.train.optim import make_optimizer
 from fixmatch_bench.train.speed import SpeedOptions, fast_forward, prepare_model, set_float32_precision
 from fixmatch_bench.train.trainer import train
-from fixmatch_bench.train.wide_resnet import WideResNet
+from fixmatch_bench.models.wide_resnet import WideResNet
 
 CONFIG = REPO / "conf/config.yaml"  # the protocol's defaults, before a suite overrides them
 

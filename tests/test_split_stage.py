@@ -12,7 +12,8 @@ import pytest
 import torch
 import yaml
 
-from fixmatch_bench.core.config import run_table, validate_params
+from fixmatch_bench.core.params import validate_params
+from fixmatch_bench.core.runs import run_table
 
 from conftest import REPO
 from miniature_datasets import STL10_COUNTS, expected_images

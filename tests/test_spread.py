@@ -6,8 +6,10 @@ import pytest
 import yaml
 
 from conftest import REPO, digits_workspace
-from fixmatch_bench.core.config import ParamsError, Run, run_table, validate_params
-from fixmatch_bench.spread import (SpreadPlan, Variation, _task_key, apply_overrides, cell_statistics, load_plan,
+from fixmatch_bench.core.errors import ParamsError
+from fixmatch_bench.core.params import validate_params
+from fixmatch_bench.core.runs import Run, run_table
+from fixmatch_bench.tools.spread import (SpreadPlan, Variation, _task_key, apply_overrides, cell_statistics, load_plan,
                                    measure)
 
 

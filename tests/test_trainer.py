@@ -17,7 +17,9 @@ import torch
 import yaml
 
 from conftest import REPO, digits_workspace, wait_for_lines
-from fixmatch_bench.core.config import ParamsError, Run, validate_params
+from fixmatch_bench.core.errors import ParamsError
+from fixmatch_bench.core.params import validate_params
+from fixmatch_bench.core.runs import Run
 from fixmatch_bench.data.prepared import PreparedDataChanged
 from fixmatch_bench.train.checkpoint import RunLock, run_checkpoint_dir
 from fixmatch_bench.train.run_data import load_run_data

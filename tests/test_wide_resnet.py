@@ -8,7 +8,7 @@ from scipy.stats import truncnorm
 from torch import nn
 
 from fixmatch_bench.train.optim import weight_decay_groups
-from fixmatch_bench.train.wide_resnet import (
+from fixmatch_bench.models.wide_resnet import (
     TRUNCATED_NORMAL_STD,
     Conv2dSame,
     WideResNet,

@@ -16,10 +16,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from .core.config import load_params, parse_run, run_params
+from .core.params import load_params, parse_run, run_params
 from .data.prepared import load_prepared
 from .train.evaluation import accuracy
-from .train.wide_resnet import WideResNet
+from .models.wide_resnet import WideResNet
 
 
 def load_model(run: str, models: str | Path = "models", params: str | Path = "params.yaml") -> nn.Module:

@@ -4,7 +4,7 @@ source that answers for a suite conf/suite/ lacks.
 
 ``runs: ${fixmatch_runs:}`` validates the composed configuration (every key the pipeline
 reads) and expands the suite's cells, methods and folds into the table of runs that
-dvc.yaml iterates over (:func:`fixmatch_bench.core.config.run_table`). A bad value
+dvc.yaml iterates over (:func:`fixmatch_bench.core.runs.run_table`). A bad value
 (`dvc exp run -S threshold=1.5`, `make params`) stops the composition with one line,
 ``error: invalid params: <key> = <value> (<allowed>)``, and exit status 2, before DVC
 writes params.yaml, queues an experiment or touches any stage or output. The resolver
@@ -24,7 +24,9 @@ from hydra.plugins.config_source import ConfigResult, ConfigSource
 from hydra.plugins.search_path_plugin import SearchPathPlugin
 from omegaconf import OmegaConf
 
-from fixmatch_bench.core.config import ParamsError, run_table, validate_params
+from fixmatch_bench.core.errors import ParamsError
+from fixmatch_bench.core.params import validate_params
+from fixmatch_bench.core.runs import run_table
 
 UNKNOWN_SUITE = "unknown_suite"  # the key the stand-in of an unknown suite composes
 

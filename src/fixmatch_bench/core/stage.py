@@ -16,9 +16,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
 
-from .config import ParamsError
+from .errors import ParamsError
 
-# Set by the cluster's final job (fixmatch_bench.cluster): its `dvc repro` restores the runs that
+# Set by the cluster's final job (fixmatch_bench.tools.cluster): its `dvc repro` restores the runs that
 # finished in their own jobs from DVC's run-cache, and a training stage that would have to train
 # fails instead of training on that job's node.
 NO_TRAIN_ENV = "FIXMATCH_NO_TRAIN"
@@ -32,7 +32,7 @@ def refuse_training_if_switched_off(run_key: str) -> None:
     if os.environ.get(NO_TRAIN_ENV):
         raise TrainingNotAllowed(f"{run_key} is missing: it did not finish in its cluster job, and {NO_TRAIN_ENV} "
                                  "is set here (this job restores runs, it does not train them); see its job log, "
-                                 "then `python -m fixmatch_bench.cluster submit` trains what is missing")
+                                 "then `python -m fixmatch_bench.tools.cluster submit` trains what is missing")
 
 
 class UnwritableLocation(RuntimeError):

@@ -43,7 +43,7 @@ import yaml
 from pydantic import ValidationError
 from tqdm import tqdm
 
-from ..core.config import params_error
+from ..core.errors import params_error
 from ..core.progress import LogProgress, progress
 from ..core.schema import SourcesParams
 

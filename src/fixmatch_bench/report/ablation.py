@@ -30,7 +30,8 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from fixmatch_bench.core.config import Run, expected_runs, format_value, with_variant
+from fixmatch_bench.core.params import with_variant
+from fixmatch_bench.core.runs import Run, expected_runs, format_value
 from fixmatch_bench.core.schema import Params
 from fixmatch_bench.report.cells import load_run
 from fixmatch_bench.report.plots import DPI, PANEL_INCHES, save_figure

@@ -3,7 +3,7 @@
 - Paper suites: the reference is the published mean and the tolerance
   ``max(k × published std, floor)`` (the floor alone when the paper gives no std).
 - Quick suite: the reference is the baseline that ``make baseline`` wrote
-  (:mod:`fixmatch_bench.spread`, never edited by hand): each cell's mean with a
+  (:mod:`fixmatch_bench.tools.spread`, never edited by hand): each cell's mean with a
   tolerance derived from the measured spread of the suite under changes of the
   floating-point path, never below the floor.
 - A cell with fewer finished folds than expected is ``incomplete``, never ``pass``; so is a
@@ -105,7 +105,7 @@ def paper_references(published: Published) -> dict[str, Reference]:
 
 
 def baseline_references(baseline: Mapping[str, Any]) -> dict[str, Reference]:
-    """A baseline's cells (:mod:`fixmatch_bench.spread`) as references with their derived tolerances."""
+    """A baseline's cells (:mod:`fixmatch_bench.tools.spread`) as references with their derived tolerances."""
     return {key: Reference(cell["mean"], cell["sigma_mean"], "baseline", cell["tolerance"])
             for key, cell in baseline["cells"].items()}
 

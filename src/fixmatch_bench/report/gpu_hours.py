@@ -2,7 +2,7 @@
 
 A run's cost depends on its *workload*: the network and image shape of its dataset,
 its method's views (supervised, RandAugment or CTAugment) and the batch. The
-benchmark (``python -m fixmatch_bench.bench``, ``make gpu-check``) records each
+benchmark (``python -m fixmatch_bench.tools.bench``, ``make gpu-check``) records each
 configuration's workload beside its figures in ``reports/throughput.json``; a run
 is projected from the figure of its own workload only, never from another one's,
 and a workload without a figure is reported as not measured.
@@ -18,7 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-from ..core.config import Run, run_params
+from ..core.params import run_params
+from ..core.runs import Run
 from ..core.schema import Params
 from ..train.budget import workload
 

@@ -1,4 +1,4 @@
-"""The spread study (:mod:`fixmatch_bench.spread`) as a Markdown table and a figure."""
+"""The spread study (:mod:`fixmatch_bench.tools.spread`) as a Markdown table and a figure."""
 
 from __future__ import annotations
 

@@ -21,7 +21,9 @@ from pathlib import Path
 
 import torch
 
-from ..core.config import ParamsError, Run, run_params
+from ..core.errors import ParamsError
+from ..core.params import run_params
+from ..core.runs import Run
 from ..core.schema import Params
 from .memory import GIB, MemoryEstimate, estimate
 

@@ -22,9 +22,9 @@ from dataclasses import dataclass
 
 import torch
 
-from ..core.config import Run
+from ..core.runs import Run
 from ..core.schema import Params
-from .wide_resnet import WideResNet
+from ..models.wide_resnet import WideResNet
 
 FLOAT32 = 4
 GIB = 2**30

@@ -58,21 +58,20 @@ The plain module stays the one the optimizer, the EMA and checkpoints use;
 input format, autocast and compilation around it.
 
 A compiler or CUDA-graph failure is never papered over by falling back to eager:
-it stops the run with :class:`SpeedOptionFailed`, one line naming the option to
-turn off.
+it stops the run with :class:`~fixmatch_bench.core.compiled.SpeedOptionFailed`, one line naming the
+option to turn off.
 """
 
 from __future__ import annotations
 
-import functools
 import os
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
-from torch._dynamo.exc import TorchDynamoException
 
+from ..core.compiled import GuardedModule, guarded, static_compile
 from ..core.schema import SpeedOptions
 
 
@@ -138,64 +137,10 @@ def fast_forward(model: nn.Module, options: SpeedOptions, training: bool = False
     return forward
 
 
-class SpeedOptionFailed(RuntimeError):
-    """A speed option failed on this machine's software stack; the message names the option to turn off."""
-
-
 def compile_option(options: SpeedOptions) -> str:
     """The ``speed.compile`` setting as a user writes it, with its mode where that is not the default."""
     mode = f" with speed.compile_mode={options.compile_mode}" if options.compile_mode != "default" else ""
     return f"speed.compile={options.compile}{mode}"
-
-
-def _failure(option: str, error: BaseException) -> SpeedOptionFailed:
-    cuda_graphs = "cudagraph" in str(error).lower()
-    advice = ("set speed.compile_mode=default (no CUDA graphs) or speed.compile=none" if cuda_graphs else
-              "set speed.compile_augment=false" if option.startswith("speed.compile_augment") else
-              "set speed.compile=none")
-    first_line = (str(error).strip().splitlines() or [""])[0][:300]
-    return SpeedOptionFailed(f"{option} failed on this machine ({type(error).__name__}: {first_line}); "
-                             f"{advice} and re-run: the same computation, run uncompiled")
-
-
-def _is_compiler_failure(error: BaseException) -> bool:
-    return isinstance(error, TorchDynamoException) or (
-        isinstance(error, RuntimeError) and "cudagraph" in str(error).lower())
-
-
-def guarded(function: Callable, option: str) -> Callable:
-    """``function`` (a compiled callable) raising :class:`SpeedOptionFailed` instead of a compiler or
-    CUDA-graph error, so that the run stops with one line naming ``option``."""
-    @functools.wraps(function)
-    def call(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return function(*args, **kwargs)
-        except Exception as error:
-            if _is_compiler_failure(error):
-                raise _failure(option, error) from error
-            raise
-
-    return call
-
-
-class GuardedModule(nn.Module):
-    """A compiled module (``torch.compile``'s wrapper) whose compiler failures name ``option``."""
-
-    def __init__(self, compiled: nn.Module, option: str):
-        super().__init__()
-        self.compiled = compiled
-        self.option = option
-        self._call = guarded(compiled, option)
-        self.train(compiled.training)
-
-    def forward(self, *args: Any, **kwargs: Any) -> Any:
-        return self._call(*args, **kwargs)
-
-
-def static_compile(function: Callable, mode: str = "default", fullgraph: bool = False) -> Callable:
-    """``torch.compile`` with static shapes: one graph per input shape, so the graphs a run uses do
-    not depend on the order it met the shapes in (a resumed run computes like an uninterrupted one)."""
-    return torch.compile(function, mode=mode, dynamic=False, fullgraph=fullgraph)
 
 
 @dataclass(frozen=True)

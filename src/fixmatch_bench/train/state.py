@@ -15,9 +15,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..core.config import Run
+from ..core.runs import Run
 from ..core.schema import Params
-from .augment import Augmenter, make_augmenter
+from ..augment import Augmenter, make_augmenter
 from .distributed import World
 from .distribution_alignment import DistributionAlignment
 from .ema import ModelEMA
@@ -26,7 +26,7 @@ from .optim import build_optimizer
 from .run_data import RunData
 from .sampling import IndexStream
 from .speed import StepFunctions, fast_forward, prepare_model, set_determinism, set_float32_precision
-from .wide_resnet import WideResNet
+from ..models.wide_resnet import WideResNet
 
 
 @dataclass

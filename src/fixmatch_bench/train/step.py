@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..core.config import Run
+from ..core.runs import Run
 from ..core.schema import Params
 from .distributed import SINGLE_PROCESS, World
 from .evaluation import to_model_input

@@ -22,7 +22,9 @@ from typing import Iterator
 
 import torch
 
-from ..core.config import ParamsError, Run, validate_params
+from ..core.errors import ParamsError
+from ..core.params import validate_params
+from ..core.runs import Run
 from ..core.schema import Params
 from ..core.progress import progress as progress_bar
 from ..core.stage import require_writable, writing

@@ -30,7 +30,7 @@ Documented deviations (the official values are not representable in uint8):
   ``np.uint8((x * 0.5 + 0.5) * 255)``, which truncates: 47 of the 256 input
   levels come out one level darker. We are uint8 end to end and keep them.
 - For 96-px STL-10 the cutout stays 16 px, as in the official code; pass
-  another ``cutout`` to :func:`~fixmatch_bench.train.augment.make_augmenter` to scale it.
+  another ``cutout`` to :func:`~fixmatch_bench.augment.make_augmenter` to scale it.
 """
 
 from __future__ import annotations

@@ -35,7 +35,7 @@ on CPU.
 On a CPU-only machine the reduced configuration runs (small network, tiny
 batch, few steps): it exercises the code, its figures say nothing about GPUs.
 
-CLI: ``python -m fixmatch_bench.bench [--out reports] [--reduced] [--only TEXT] [--quick]``
+CLI: ``python -m fixmatch_bench.tools.bench [--out reports] [--reduced] [--only TEXT] [--quick]``
 writes ``throughput.md`` and ``throughput.json``. ``--quick`` (what ``make gpu-check``
 runs) times fewer, shorter rounds, without the periodic evaluation, and stops
 measuring at a deadline, reporting what it did not reach.
@@ -59,19 +59,20 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from .compose import compose_params
-from .core.config import Run, all_runs, validate_params
-from .core.schema import DatasetFacts, Params
-from .report import gpu_hours
-from .train.budget import workload
-from .train.augment import make_augmenter
-from .train.distributed import SINGLE_PROCESS
-from .train.evaluation import accuracy, to_model_input
-from .train.fixmatch import Batch
-from .train.host_memory import keep_freed_memory
-from .train.run_data import RunData
-from .train.speed import SpeedOptions
-from .train.state import TrainState, build_state
-from .train.step import Drawn, StepParams, draw_batch, fixmatch_step
+from ..core.params import validate_params
+from ..core.runs import Run, all_runs
+from ..core.schema import DatasetFacts, Params
+from ..report import gpu_hours
+from ..train.budget import workload
+from ..augment import make_augmenter
+from ..train.distributed import SINGLE_PROCESS
+from ..train.evaluation import accuracy, to_model_input
+from ..train.fixmatch import Batch
+from ..train.host_memory import keep_freed_memory
+from ..train.run_data import RunData
+from ..train.speed import SpeedOptions
+from ..train.state import TrainState, build_state
+from ..train.step import Drawn, StepParams, draw_batch, fixmatch_step
 
 GPU_SPEED = SpeedOptions(channels_last=True, autocast_bf16=True, compile="step", compile_augment=True)
 # (label, options): the suite's pipeline with each speed option added in turn.
@@ -453,7 +454,7 @@ def render_markdown(report: dict[str, Any]) -> str:
              f"Device: {report['device']}; torch {report['torch']}; "
              f"{'full GPU suite' if not report['reduced'] else 'REDUCED configuration (smoke test, not a GPU figure)'}; "
              f"host load average at start {report['load_average_1min']:.2f}.",
-             "", "Made by `python -m fixmatch_bench.bench`: the trainer's own step (`train/step.py` "
+             "", "Made by `python -m fixmatch_bench.tools.bench`: the trainer's own step (`train/step.py` "
              "`fixmatch_step`, built from the paper suite's params) on random uint8 data of the dataset's shape; "
              f"{'no evaluation inside the timed rounds (quick timing)' if report.get('quick') else 'periodic EMA evaluation included'}. "
              "Steps/s: median over the rounds ± their standard deviation.",
@@ -486,7 +487,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines += ["", "## The paper suite's cost", ""] + gpu_hours.render(report["paper_suite"], report["device"])
     if not gpu:
         lines += ["", "GPU figures: not measured (no GPU on this machine). On a GPU host run "
-                  "`uv run python -m fixmatch_bench.bench` to measure the full suite "
+                  "`uv run python -m fixmatch_bench.tools.bench` to measure the full suite "
                   "(WRN-28-2 RA/CTA with the speed-option ladder, WRN-28-8, WRN-37-2 at 96 px)."]
     lines += ["", "The breakdown is a separate synchronised pass of (b): `draw_batch` (sampling, augmentation) "
               "and `fixmatch_step` (loss, backward, SGD, EMA, distribution alignment, CTAugment probes); its "

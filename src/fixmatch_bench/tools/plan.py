@@ -1,10 +1,10 @@
-"""What a suite will cost, before it starts: ``python -m fixmatch_bench.plan [-S key=value ...]``.
+"""What a suite will cost, before it starts: ``python -m fixmatch_bench.tools.plan [-S key=value ...]``.
 
 Prints, without training, the runs a suite trains (from conf/ composed with the same
 overrides as ``dvc exp run -S``), their steps, the disk for data, models and
 checkpoints, the memory each workload needs at least (:mod:`.train.memory`) and the
 projected hours from the throughput figures this project has measured:
-``reports/throughput.json`` (``make gpu-check``, ``python -m fixmatch_bench.bench``)
+``reports/throughput.json`` (``make gpu-check``, ``python -m fixmatch_bench.tools.bench``)
 and the steps/s that the suite's own runs recorded (``reports/runs.json``).
 A workload with no figure is reported as not measured.
 
@@ -23,12 +23,14 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from .compose import compose_params
-from .core.config import ParamsError, Run, all_runs, run_params, validate_params
-from .core.schema import Params
-from .report import gpu_hours
-from .train.budget import workload
-from .train.memory import GIB, estimate
-from .train.wide_resnet import WideResNet
+from ..core.errors import ParamsError
+from ..core.params import run_params, validate_params
+from ..core.runs import Run, all_runs
+from ..core.schema import Params
+from ..report import gpu_hours
+from ..train.budget import workload
+from ..train.memory import GIB, estimate
+from ..models.wide_resnet import WideResNet
 
 MIB = 2**20
 

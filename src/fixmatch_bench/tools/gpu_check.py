@@ -6,7 +6,7 @@
    records its figures as junit properties; tests are ordered by priority, and
    once the tests' share of the time budget is spent the rest are skipped as
    "not run" (``FIXMATCH_GPU_CHECK_DEADLINE``, tests/conftest.py).
-2. The throughput benchmark (``fixmatch_bench.bench``, quick timing) in the
+2. The throughput benchmark (``fixmatch_bench.tools.bench``, quick timing) in the
    remaining budget: steps/s of the suite's pipeline and of the peers', the
    speed-option ladder, and the paper suite's projected GPU-hours. It writes
    ``reports/throughput.md`` and ``.json``.
@@ -16,7 +16,7 @@
 Without a CUDA device every test is skipped with its reason, the benchmark is
 not run, and the summary says so. Exit status 1 if anything failed.
 
-CLI: ``python -m fixmatch_bench.gpu_check [--out reports] [--budget-s 420]
+CLI: ``python -m fixmatch_bench.tools.gpu_check [--out reports] [--budget-s 420]
 [--tests-share 0.7] [-k EXPR]``.
 """
 
@@ -118,7 +118,7 @@ def run_throughput(out: Path, seconds: float) -> dict[str, Any] | None:
 def _throughput_lines(report: dict[str, Any] | None) -> list[str]:
     if report is None:
         return ["Not run: " + NO_CUDA + "."]
-    from .report import gpu_hours
+    from ..report import gpu_hours
 
     lines = ["| configuration | protocol (fp32 eager) steps/s | suite's speed options steps/s | peers steps/s | "
              "suite / peers |", "|---|---|---|---|---|"]
@@ -142,7 +142,7 @@ def render(facts: dict[str, Any], items: list[Item], throughput: dict[str, Any] 
                 + (f", cuDNN {facts['cudnn']}, driver {facts['driver']}, compute capability {facts['capability']}, "
                    f"{facts['memory_gib']} GiB" if "cudnn" in facts else ""))
     lines = ["# GPU check", "",
-             f"Made by `make gpu-check` (`python -m fixmatch_bench.gpu_check`) in {seconds:.0f} s.", "",
+             f"Made by `make gpu-check` (`python -m fixmatch_bench.tools.gpu_check`) in {seconds:.0f} s.", "",
              f"- Device: {facts['device']}", f"- Software: {versions}; Python {facts['python']}",
              f"- Host: {facts['cpu_cores']} CPU cores",
              f"- CUDA tests: {counts['passed']} passed, {counts['failed']} failed, {counts['skipped']} skipped", "",

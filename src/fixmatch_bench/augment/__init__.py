@@ -24,7 +24,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-from ..speed import guarded, static_compile
+from ..core.compiled import guarded, static_compile
 from . import pil_ops, randaugment, tensor_ops
 from .ctaugment import CTA_FILL, CTAugment, cutout_side
 from .ctaugment import STEP_OPS as CTA_STEP_OPS
@@ -52,7 +52,7 @@ class Augmenter:
 
     def dense(self) -> Augmenter:
         """Apply the ops in their dense form (what CUDA runs) on any device, eagerly: what
-        :mod:`fixmatch_bench.operator_calls` counts on CPU."""
+        :mod:`fixmatch_bench.tools.operator_calls` counts on CPU."""
         if self.impl != "batched":
             raise ValueError(f"dense() needs impl='batched', this augmenter is impl={self.impl!r}")
         self._apply_steps = functools.partial(tensor_ops.apply_steps, dense=True)

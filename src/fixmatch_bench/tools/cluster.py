@@ -1,6 +1,6 @@
 """The suite on a SLURM cluster: the run matrix fanned out as jobs, results back through DVC.
 
-``python -m fixmatch_bench.cluster submit [--root DIR] [--partition P] [--gpus-per-run N] [-- sbatch options]``
+``python -m fixmatch_bench.tools.cluster submit [--root DIR] [--partition P] [--gpus-per-run N] [-- sbatch options]``
 submits whatever suite params.yaml holds, at the committed HEAD:
 
 1. one upstream job in this workspace: ``dvc repro split`` (downloads, prepared data, splits);
@@ -30,9 +30,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from .core.config import ParamsError, Run, all_runs, load_params
-from .core.schema import Params
-from .core.stage import NO_TRAIN_ENV
+from ..core.errors import ParamsError
+from ..core.params import load_params
+from ..core.runs import Run, all_runs
+from ..core.schema import Params
+from ..core.stage import NO_TRAIN_ENV
 
 ROOT = Path(".cluster")
 SUBMISSION = "submission.json"
@@ -248,7 +250,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                   f"({', '.join(record['runs'].values()) or 'none'}); final job {record['final']}")
             if record["skipped"]:
                 print(f"not submitted (up to date in this workspace): {', '.join(record['skipped'])}")
-            print(f"follow: python -m fixmatch_bench.cluster status --root {args.root}   (or squeue --me)")
+            print(f"follow: python -m fixmatch_bench.tools.cluster status --root {args.root}   (or squeue --me)")
         else:
             for row in status(repo, args.root.resolve()):
                 print(f"{row['job']:>8}  {row['state']:<12}  {row.get('steps', ''):>13}  {row['name']}")

@@ -1,6 +1,6 @@
 """Compose the parameters from the Hydra configuration in conf/, as `dvc exp run` does.
 
-Usage: ``python -m fixmatch_bench.compose params.yaml [override ...]`` (e.g. ``suite=paper``)
+Usage: ``python -m fixmatch_bench.tools.compose params.yaml [override ...]`` (e.g. ``suite=paper``)
 writes params.yaml (what `make params` runs). A value the pipeline would refuse, or an unknown
 suite, stops the composition with one line naming it and exit status 2 (the runs resolver,
 src/hydra_plugins/fixmatch_bench_resolvers.py, as under `dvc exp run`), and writes nothing.

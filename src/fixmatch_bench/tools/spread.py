@@ -3,7 +3,7 @@
 Training is deterministic on one machine, but another CPU's kernels round
 differently, and a 1,024-step run on 20 labels amplifies a rounding difference
 into points of error on a fold. ``make baseline`` (``python -m
-fixmatch_bench.spread``) measures that spread instead of guessing it: it
+fixmatch_bench.tools.spread``) measures that spread instead of guessing it: it
 retrains every run of the suite in params.yaml once per variation listed in
 ``conf/spread.yaml`` (thread count, memory format, seed: what
 changes the floating-point path or the random draws, never the algorithm), each
@@ -45,9 +45,11 @@ from typing import Any
 import numpy as np
 import yaml
 
-from .core.config import ParamsError, Run, expected_runs, load_params, parse_cell, validate_params
-from .core.schema import Params
-from .core.progress import progress
+from ..core.errors import ParamsError
+from ..core.params import load_params, validate_params
+from ..core.runs import Run, expected_runs, parse_cell
+from ..core.schema import Params
+from ..core.progress import progress
 
 VARIATIONS_FILE = Path("conf/spread.yaml")
 BASELINES = Path("reports/baseline")
@@ -127,7 +129,7 @@ def _train_run(params: Params, run: Run, variation: Variation, prepared: Path, s
     """Train one run in this (fresh) worker process and return its record (``splits``: the study's own)."""
     import torch
 
-    from .train.trainer import train
+    from ..train.trainer import train
 
     if variation.threads is not None:
         torch.set_num_threads(variation.threads)
@@ -151,8 +153,8 @@ def _task_key(params: Params, run: Run, variation: Variation) -> str:
 
 def write_splits(params: Params, folds: Sequence[int], prepared: Path, out: Path) -> Path:
     """The labeled splits of every cell on ``folds``, drawn as the split stage draws them."""
-    from .data.prepared import load_prepared
-    from .data.splits import make_split, write_split
+    from ..data.prepared import load_prepared
+    from ..data.splits import make_split, write_split
 
     for cell in params.cells:
         dataset, labels = parse_cell(cell, params.datasets)
@@ -256,7 +258,7 @@ def machine() -> dict[str, Any]:
 def write_outputs(suite: str, plan: SpreadPlan, floor: float, records: list[dict], out_dir: Path,
                   suite_folds: Sequence[int]) -> dict[str, Path]:
     """The baseline, the raw spread, its table and its figure, side by side in ``out_dir``."""
-    from .report.spread_figure import spread_figure, spread_markdown
+    from ..report.spread_figure import spread_figure, spread_markdown
 
     statistics = cell_statistics(records, plan.factor, floor, suite_folds)
     estimated_on = sorted({record["fold"] for record in records})

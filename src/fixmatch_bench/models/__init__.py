@@ -1,0 +1,1 @@
+"""The network: the official code's ResNet family (WRN-28-2, WRN-28-8, the STL-10 network)."""
