@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fixmatch_bench.augment import make_augmenter
+from fixmatch_bench.augment.augmenter import make_augmenter
 
 BATCH, CHANNELS, SIZE = 448, 3, 32
 KINDS = ("randaugment", "ctaugment")

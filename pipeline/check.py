@@ -65,7 +65,7 @@ def main() -> int:
     if check.reference == "baseline":
         results += check_cells_not_run(cells, references, tolerance, params.folds)
     if check.max_ratio_to_supervised is not None:
-        results += check_ratio_to_supervised(cells, check.max_ratio_to_supervised)
+        results += check_ratio_to_supervised(cells, check.max_ratio_to_supervised, params.baseline)
     text, code = report(results)
     args.out.write_text(text + "\n")
     counts = {status: sum(result.status == status for result in results)

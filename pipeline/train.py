@@ -1,4 +1,4 @@
-"""DVC stages `supervised@<cell>-supervised-<fold>` and `train@<cell>-<method>-<fold>[+<key>=<value>...]`: train one run
+"""DVC stage `train@<cell>-<method>-<fold>[+<key>=<value>...]`: train one run of any method
 (an ablation variant trains with its changes to params in place).
 
 Writes results/<run>/ (metrics.json, curves/) and models/<run>.pt (the EMA model's weights). Resumes from the run's
@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from fixmatch_bench.core.params import load_params, parse_run, run_params
+from fixmatch_bench.methods.registry import run_method
 from fixmatch_bench.core.stage import end_with_dvc, refuse_training_if_switched_off, run_stage
 from fixmatch_bench.train.budget import refuse_unaffordable
 from fixmatch_bench.train.checkpoint import CheckpointError
@@ -35,6 +36,7 @@ def main() -> int:
     suite_params = load_params(args.params)
     run = parse_run(args.run, suite_params)
     params = run_params(suite_params, run)
+    run_method(params, run.method, where=f"run {run.key}" if run.variant else None)
     refuse_training_if_switched_off(run.key)
     end_with_dvc()
     with launch(params.train.device) as world, stop_on_signals(StopRequest()) as stop:

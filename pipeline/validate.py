@@ -13,6 +13,7 @@ from pathlib import Path
 
 from fixmatch_bench.core.params import load_params
 from fixmatch_bench.core.stage import run_stage
+from fixmatch_bench.methods.registry import check_methods
 
 VALIDATED = "params.yaml passed pipeline/validate.py\n"
 
@@ -22,7 +23,7 @@ def main() -> None:
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
-    load_params(args.params)
+    check_methods(load_params(args.params))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(VALIDATED)
 

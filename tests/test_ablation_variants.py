@@ -15,12 +15,14 @@ from conftest import digits_workspace
 from fixmatch_bench.core.errors import ParamsError
 from fixmatch_bench.core.params import validate_params
 from fixmatch_bench.core.runs import Run
-from fixmatch_bench.augment import make_augmenter
+from fixmatch_bench.augment.augmenter import make_augmenter
 from fixmatch_bench.augment.ctaugment import CTA_FILL
-from fixmatch_bench.train.fixmatch import Batch, fixmatch_loss
+from fixmatch_bench.methods.base import Batch
+from fixmatch_bench.methods.fixmatch import FixMatchParams, fixmatch_loss
+from fixmatch_bench.methods.registry import check_methods, run_method
 from fixmatch_bench.train.optim import TFAdam, build_optimizer, linear_lr, scheduled_lr, set_lr
 from fixmatch_bench.core.compiled import static_compile
-from fixmatch_bench.train.step import StepParams, draw_batch
+from fixmatch_bench.train.step import StepPlan, draw_batch
 from fixmatch_bench.train.trainer import train
 
 # One labeled image, two unlabeled ones, three classes: the "network" returns these logits for the
@@ -39,9 +41,20 @@ class FixedLogits(nn.Module):
         return torch.tensor(self.rows or [LOGITS_X, *WEAK, *STRONG])
 
 
+def _params(**variant) -> FixMatchParams:
+    """The FixMatch block at tau = THRESHOLD, lambda_u = 1, with a variant's changes."""
+    protocol = FixMatchParams(impl="fixmatch", strong="randaugment", threshold=THRESHOLD, unlabeled_weight=1.0,
+                              temperature=1.0, soft_targets=False, pseudo_labels_from="model",
+                              anchoring="weak.strong", distribution_alignment=False)
+    return protocol.model_copy(update=variant)
+
+
+def _batch() -> Batch:
+    return Batch(labeled=torch.zeros(1, 1), targets=torch.tensor([0]), unlabeled=(torch.zeros(2, 1), torch.zeros(2, 1)))
+
+
 def _loss_u(**variant) -> tuple[float, float]:
-    batch = Batch(labeled=torch.zeros(1, 1), targets=torch.tensor([0]), weak=torch.zeros(2, 1), strong=torch.zeros(2, 1))
-    _, logs = fixmatch_loss(FixedLogits(), batch, THRESHOLD, 1.0, **variant)
+    _, logs = fixmatch_loss(FixedLogits(), _batch(), _params(**variant))
     return float(logs["loss_u"]), float(logs["mask_rate"])
 
 
@@ -86,8 +99,7 @@ def test_mean_teacher_takes_pseudo_labels_and_mask_from_the_teacher_while_the_we
     training pass still holds labeled + weak + strong images, so BatchNorm sees the same batch."""
     teacher_weak = [[0.0, 0.0, 4.0], [0.0, 0.0, 0.0]]  # confident in class 2 (0.965), then uniform (masked)
     student, teacher = FixedLogits(), FixedLogits(teacher_weak)
-    batch = Batch(labeled=torch.zeros(1, 1), targets=torch.tensor([0]), weak=torch.zeros(2, 1), strong=torch.zeros(2, 1))
-    _, logs = fixmatch_loss(student, batch, THRESHOLD, 1.0, teacher=teacher)
+    _, logs = fixmatch_loss(student, _batch(), _params(), teacher=teacher)
     assert student.seen == [5] and teacher.seen == [2]
     assert float(logs["mask_rate"]) == 0.5
     assert float(logs["loss_u"]) == pytest.approx(_cross_entropy(STRONG[0], [0.0, 0.0, 1.0]) / 2, rel=1e-6)
@@ -210,20 +222,22 @@ class MarkingAugmenter:
 def test_anchoring_chooses_the_pseudo_label_view_and_the_trained_view(params, anchoring):
     """ab_fixmatch_anchoring.py --anchoring <pseudo-label view>.<trained view>; the labeled view stays weak."""
     changed = copy.deepcopy(params)
-    changed["augment"]["anchoring"] = anchoring
-    hp = StepParams.build(validate_params(changed), Run("digits", 20, "fixmatch_cta", 1))
+    changed["methods"]["fixmatch_cta"]["anchoring"] = anchoring
+    typed = validate_params(changed)
+    plan = StepPlan.build(typed, run_method(typed, Run("digits", 20, "fixmatch_cta", 1).method))
     stream = SimpleNamespace(next=lambda: torch.tensor([0, 1]))
     state = SimpleNamespace(labeled_stream=stream, unlabeled_stream=stream, augmenter=MarkingAugmenter(),
                             augment_generator=None)
     images = torch.zeros(2, 1, 4, 4, dtype=torch.uint8)
     data = SimpleNamespace(labeled_images=images, labeled_targets=torch.tensor([0, 1]), unlabeled_images=images,
                            unlabeled_targets=torch.tensor([0, 1]))
-    batch = draw_batch(state, data, hp).batch
+    batch = draw_batch(state, data, plan).batch
     level = {"weak": 10 * 2 / 255 - 1, "strong": 200 * 2 / 255 - 1}
     pseudo, trained = anchoring.split(".")
     assert batch.labeled.unique().tolist() == pytest.approx([level["weak"]])
-    assert batch.weak.unique().tolist() == pytest.approx([level[pseudo]])
-    assert batch.strong.unique().tolist() == pytest.approx([level[trained]])
+    pseudo_label_view, trained_view = batch.unlabeled
+    assert pseudo_label_view.unique().tolist() == pytest.approx([level[pseudo]])
+    assert trained_view.unique().tolist() == pytest.approx([level[trained]])
 
 
 def test_linear_decay_goes_from_lr_to_lr_end_and_stays_there():
@@ -233,52 +247,67 @@ def test_linear_decay_goes_from_lr_to_lr_end_and_stays_there():
     assert scheduled_lr("cosine", 0.03, 0.0, 50, 100) == pytest.approx(0.03 * math.cos(7 * math.pi * 0.5 / 16))
 
 
+def _update(params: dict, changes: dict) -> None:
+    """``params`` with ``changes`` ({dotted block: {key: value}}) in place."""
+    for dotted, values in changes.items():
+        block = params
+        for part in dotted.split("."):
+            block = block[part]
+        block.update(values)
+
+
 @pytest.mark.parametrize("changes, message", [
-    ({"lr_schedule": "linear"}, "invalid params: train.lr_end = None (a number with lr_schedule: linear, null with linear)"),
-    ({"lr_end": 0.02}, "invalid params: train.lr_end = 0.02 (a number with lr_schedule: linear, null with cosine)"),
-    ({"sharpen_temperature": 0.0}, "invalid params: train.sharpen_temperature = 0.0 (must be a number in (0.0, inf))"),
-    ({"lr_schedule": "step"}, "invalid params: train.lr_schedule = 'step' (allowed: cosine, linear)"),
-    ({"momentum": 0.0}, "invalid params: train.nesterov = True (Nesterov momentum needs train.momentum > 0)"),
-    ({"optimizer": "adamw"}, "invalid params: train.optimizer = 'adamw' (allowed: sgd, adam)"),
-    ({"adam_beta2": 1.0}, "invalid params: train.adam_beta2 = 1.0 (must be a number in [0.0, 1.0))"),
-    ({"pseudo_labels_from": "teacher"}, "invalid params: train.pseudo_labels_from = 'teacher' (allowed: model, ema)"),
+    ({"train": {"lr_schedule": "linear"}},
+     "invalid params: train.lr_end = None (a number with lr_schedule: linear, null with linear)"),
+    ({"train": {"lr_end": 0.02}},
+     "invalid params: train.lr_end = 0.02 (a number with lr_schedule: linear, null with cosine)"),
+    ({"methods.fixmatch_ra": {"temperature": 0.0}},
+     "invalid params: methods.fixmatch_ra.temperature = 0.0 (must be a number in (0.0, inf))"),
+    ({"train": {"lr_schedule": "step"}}, "invalid params: train.lr_schedule = 'step' (allowed: cosine, linear)"),
+    ({"train": {"momentum": 0.0}},
+     "invalid params: train.nesterov = True (Nesterov momentum needs train.momentum > 0)"),
+    ({"train": {"optimizer": "adamw"}}, "invalid params: train.optimizer = 'adamw' (allowed: sgd, adam)"),
+    ({"train": {"adam_beta2": 1.0}}, "invalid params: train.adam_beta2 = 1.0 (must be a number in [0.0, 1.0))"),
+    ({"methods.fixmatch_ra": {"pseudo_labels_from": "teacher"}},
+     "invalid params: methods.fixmatch_ra.pseudo_labels_from = 'teacher' (allowed: model, ema)"),
 ])
 def test_invalid_variants_are_refused_in_one_line(params, changes, message):
     changed = copy.deepcopy(params)
-    changed["train"].update(changes)
+    _update(changed, changes)
     with pytest.raises(ParamsError) as error:
-        validate_params(changed)
+        check_methods(validate_params(changed))
     assert str(error.value) == message
 
 
-@pytest.mark.parametrize("train_changes, speed, message", [
-    ({"optimizer": "adam"}, {"optimizer_impl": "fused"}, "invalid params: speed.optimizer_impl = 'fused' (selects "
-     "SGD's implementation; train.optimizer = adam has one implementation: use foreach)"),
-    ({"pseudo_labels_from": "ema"}, {"compile": "step"}, "invalid params: train.pseudo_labels_from = 'ema' (not "
-     "supported with speed.compile = step (use model or none))"),
+@pytest.mark.parametrize("changes, speed, message", [
+    ({"train": {"optimizer": "adam"}}, {"optimizer_impl": "fused"}, "invalid params: speed.optimizer_impl = 'fused' "
+     "(selects SGD's implementation; train.optimizer = adam has one implementation: use foreach)"),
+    ({"methods.fixmatch_ra": {"pseudo_labels_from": "ema"}}, {"compile": "step"}, "invalid params: "
+     "methods.fixmatch_ra.pseudo_labels_from = 'ema' (not supported with speed.compile = step (use model or none))"),
 ])
-def test_variants_with_speed_options_they_do_not_support_are_refused(params, train_changes, speed, message):
+def test_variants_with_speed_options_they_do_not_support_are_refused(params, changes, speed, message):
     changed = copy.deepcopy(params)
-    changed["train"].update(train_changes)
+    _update(changed, changes)
     changed["speed"].update(speed)
     with pytest.raises(ParamsError) as error:
-        validate_params(changed)
+        check_methods(validate_params(changed))
     assert str(error.value) == message
 
 
 def test_sharpening_with_distribution_alignment_is_refused(params):
     changed = copy.deepcopy(params)
-    changed["train"]["sharpen_temperature"] = 0.5
-    changed["da_cells"] = ["digits_20"]
-    with pytest.raises(ParamsError, match=r"train.sharpen_temperature = 0.5 \(the sharpening ablations are not "
-                                          r"defined with distribution alignment"):
-        validate_params(changed)
+    changed["methods"]["fixmatch_cta_da"]["temperature"] = 0.5
+    changed["cell_methods"] = {"fixmatch_cta_da": ["digits_20"]}
+    with pytest.raises(ParamsError, match=r"methods.fixmatch_cta_da.temperature = 0.5 \(the sharpening ablations "
+                                          r"are not defined with distribution alignment"):
+        check_methods(validate_params(changed))
 
 
 def test_a_run_trains_with_the_variants_and_logs_the_linear_schedule(tmp_path):
     root, params = digits_workspace(tmp_path, {"steps": 8, "eval_every": 4, "log_every": 2, "checkpoint_every": 4,
                                                "median_of_last": 2, "batch": 8, "uratio": 2, "lr_schedule": "linear",
-                                               "lr_end": 0.01, "sharpen_temperature": 0.5, "soft_pseudo_labels": True})
+                                               "lr_end": 0.01})
+    params["methods"]["fixmatch_ra"].update({"temperature": 0.5, "soft_targets": True})
     metrics = train(params, Run("digits", 20, "fixmatch_ra", 1), root / "prepared/digits",
                     root / "splits/digits_20-1.json", root / "out", progress=False)
     assert metrics["steps"] == 8 and 0.0 <= metrics["error"] <= 100.0
@@ -289,14 +318,13 @@ def test_a_run_trains_with_the_variants_and_logs_the_linear_schedule(tmp_path):
 
 @pytest.mark.parametrize("method, changes", [
     ("fixmatch_cta", {"augment": {"strong_branch": "only_cutout"}}),
-    ("fixmatch_ra", {"augment": {"strong_branch": "no_cutout", "anchoring": "strong.weak"}}),
-    ("fixmatch_cta", {"train": {"pseudo_labels_from": "ema", "optimizer": "adam", "lr": 0.002}}),
+    ("fixmatch_ra", {"augment": {"strong_branch": "no_cutout"}, "methods.fixmatch_ra": {"anchoring": "strong.weak"}}),
+    ("fixmatch_cta", {"methods.fixmatch_cta": {"pseudo_labels_from": "ema"}, "train": {"optimizer": "adam", "lr": 0.002}}),
 ])
 def test_a_run_trains_with_the_augmentation_teacher_and_optimizer_variants(tmp_path, method, changes):
     root, params = digits_workspace(tmp_path, {"steps": 6, "eval_every": 3, "log_every": 3, "checkpoint_every": 3,
                                                "median_of_last": 2, "batch": 8, "uratio": 2})
-    for block, values in changes.items():
-        params[block].update(values)
+    _update(params, changes)
     metrics = train(params, Run("digits", 20, method, 1), root / "prepared/digits", root / "splits/digits_20-1.json",
                     root / "out", progress=False)
     assert metrics["steps"] == 6 and 0.0 <= metrics["error"] <= 100.0

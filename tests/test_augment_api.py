@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from augment_helpers import make_images
-from fixmatch_bench.augment import make_augmenter, tensor_ops
+from fixmatch_bench.augment import tensor_ops
+from fixmatch_bench.augment.augmenter import make_augmenter
 from fixmatch_bench.augment.ctaugment import cutout_side
 
 SHAPES = [(1, 16), (3, 16), (1, 32), (3, 32), (3, 96)]

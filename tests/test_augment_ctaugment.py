@@ -8,7 +8,7 @@ import torch
 from scipy.stats import chisquare
 
 from augment_helpers import make_images
-from fixmatch_bench.augment import make_augmenter
+from fixmatch_bench.augment.augmenter import make_augmenter
 from fixmatch_bench.augment.ctaugment import CTA_FILL, CTA_OPS, CTAugment, cutout_side
 from fixmatch_bench.augment.primitives import Op
 

@@ -6,7 +6,9 @@ import pytest
 import torch
 from scipy.stats import chisquare
 
-from fixmatch_bench.augment import make_augmenter, randaugment
+from fixmatch_bench.augment import randaugment
+
+from fixmatch_bench.augment.augmenter import make_augmenter
 from fixmatch_bench.augment.primitives import Op
 
 LEVELS = torch.arange(1, 10)

@@ -6,7 +6,9 @@ import pytest
 import torch
 from scipy.stats import chisquare
 
-from fixmatch_bench.augment import make_augmenter, pil_ops, tensor_ops
+from fixmatch_bench.augment import pil_ops, tensor_ops
+
+from fixmatch_bench.augment.augmenter import make_augmenter
 from fixmatch_bench.augment.weak import sample_weak
 
 BACKENDS = {"batched": tensor_ops, "reference": pil_ops}

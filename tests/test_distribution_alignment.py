@@ -3,7 +3,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from fixmatch_bench.train.distribution_alignment import DistributionAlignment
+from fixmatch_bench.methods.distribution_alignment import DistributionAlignment
 
 
 def test_starts_uniform():

@@ -27,6 +27,7 @@ from omegaconf import OmegaConf
 from fixmatch_bench.core.errors import ParamsError
 from fixmatch_bench.core.params import validate_params
 from fixmatch_bench.core.runs import run_table
+from fixmatch_bench.methods.registry import check_methods
 
 UNKNOWN_SUITE = "unknown_suite"  # the key the stand-in of an unknown suite composes
 
@@ -39,12 +40,15 @@ def refuse(error: ParamsError) -> NoReturn:
 
 def _fixmatch_runs(*, _root_):
     params = OmegaConf.to_container(_root_, resolve=False)
-    params.pop("runs")  # the node being resolved; nothing else in conf/ interpolates
+    params.pop("runs")  # the node being resolved, then the others (the methods' ${threshold})
+    params = OmegaConf.to_container(OmegaConf.create(params), resolve=True)
     try:
         unknown = params.get(UNKNOWN_SUITE)
         if unknown is not None:
             raise ParamsError(f"invalid params: suite = {unknown['name']!r} (allowed: {', '.join(unknown['allowed'])})")
-        table = run_table(validate_params(params))
+        typed = validate_params(params)
+        check_methods(typed)
+        table = run_table(typed)
     except ParamsError as error:
         refuse(error)
     return OmegaConf.create(table)  # a container: OmegaConf.resolve cannot store a plain dict

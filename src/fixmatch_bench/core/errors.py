@@ -33,9 +33,9 @@ def _dotted(location: tuple) -> str:
     return "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in location).lstrip(".")
 
 
-def _field_at(location: tuple) -> tuple[type[BaseModel] | None, Any]:
-    """(the model holding the last key, the annotation of the value) at a validation error's location."""
-    model, annotation = None, Params
+def _field_at(location: tuple, root: type[BaseModel]) -> tuple[type[BaseModel] | None, Any]:
+    """(the model holding the last key, the annotation of the value) at a validation error's location in ``root``."""
+    model, annotation = None, root
     for part in location:
         kinds, _ = _parts(annotation)
         block = next((kind for kind in kinds if isinstance(kind, type) and issubclass(kind, BaseModel)), None)
@@ -84,9 +84,9 @@ def _range(annotation: Any) -> str | None:
             f"{low_text}, {high_text}{')' if 'lt' in bound or high is None else ']'}")
 
 
-def _explain(error: dict) -> str:
-    """What is allowed, in the words of the one-line error, for one pydantic error."""
-    model, annotation = _field_at(error["loc"])
+def _explain(error: dict, root: type[BaseModel]) -> str:
+    """What is allowed, in the words of the one-line error, for one pydantic error of ``root``."""
+    model, annotation = _field_at(error["loc"], root)
     kind = error["type"]
     if kind == "missing":
         return "missing"
@@ -108,9 +108,13 @@ def _explain(error: dict) -> str:
     return message[0].lower() + message[1:]
 
 
-def params_error(error: ValidationError, within: tuple[str, ...] = ()) -> ParamsError:
-    """The one-line error for the first problem of a validation of params (of the block at ``within``)."""
-    errors = [{**e, "loc": (*within, *e["loc"])} for e in error.errors()]
+def params_error(error: ValidationError, within: tuple[str, ...] = (),
+                 root: type[BaseModel] | None = None) -> ParamsError:
+    """The one-line error for the first problem of a validation of params: of all of them, of the block at
+    ``within`` (validated as part of :class:`Params`), or of ``root``, a model validated alone at ``within``."""
+    errors = error.errors()
     first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])  # a misspelled key, not its absence
     value = None if first["type"] == "missing" else first["input"]
-    return ParamsError(f"invalid params: {_dotted(first['loc'])} = {value!r} ({_explain(first)})")
+    located = {**first, "loc": first["loc"] if root is not None else (*within, *first["loc"])}
+    explained = _explain(located, root or Params)
+    return ParamsError(f"invalid params: {_dotted((*within, *first['loc']))} = {value!r} ({explained})")

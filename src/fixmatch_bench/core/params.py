@@ -18,27 +18,31 @@ from pydantic import ValidationError
 
 from .datasets import with_facts
 from .errors import ParamsError, choice, fail, params_error
-from .runs import Run, all_runs, parse_cell, parse_value, run_table
-from .schema import Params, RunTable, Scalar
+from .runs import Run, parse_cell, parse_value, run_table
+from .schema import Params, Scalar
 
 # What an ablation variant may change: what a run computes. The suite's structure
-# (cells, folds, ...) and how runs are executed or checked are not ablated.
-VARIANT_BLOCKS = ("threshold", "train", "augment", "speed", "datasets", "methods")
+# (cells, folds, ...) and how runs are executed or checked are not ablated. ``method.<key>``
+# is the run's own method block (``method.threshold``: methods.<the run's method>.threshold).
+VARIANT_BLOCKS = ("method", "train", "augment", "speed", "datasets")
 WORD = re.compile(r"^[A-Za-z0-9_.]+$")  # a string value in a run key
 AXIS = re.compile(r"^[A-Za-z0-9_]+$")  # an axis name, also its figure's file name
 
 
 def with_variant(params: Params, variant: Mapping[str, Scalar] | tuple[tuple[str, Scalar], ...],
-                 where: str = "variant") -> Params:
+                 where: str = "variant", method: str | None = None) -> Params:
     """``params`` with an ablation variant's values in place, validated like params.yaml.
 
-    Each key is a dotted path to a value of :data:`VARIANT_BLOCKS` (``threshold``, ``train.lr``,
-    ``datasets.cifar10.weight_decay``); an error names ``where`` and the key.
+    Each key is a dotted path to a value of :data:`VARIANT_BLOCKS` (``method.threshold``, ``train.lr``,
+    ``datasets.cifar10.weight_decay``), ``method`` being ``methods.<method>``; an error names ``where``
+    and the key. The method block's values are checked by its class
+    (:func:`fixmatch_bench.methods.registry.run_method`).
     """
     data = params.model_dump()
     for dotted, value in dict(variant).items():
         node, parts = data, str(dotted).split(".")
-        for part in parts[:-1]:
+        path = ["methods", method or "", *parts[1:-1]] if parts[0] == "method" else parts[:-1]
+        for part in path:
             node = node.get(part) if isinstance(node, dict) else None
         if (parts[0] not in VARIANT_BLOCKS or not isinstance(node, dict) or parts[-1] not in node
                 or isinstance(node[parts[-1]], (dict, list))):
@@ -70,16 +74,9 @@ def validate_params(params: Mapping[str, Any] | Params) -> Params:
         fail("train.nesterov", True, "Nesterov momentum needs train.momentum > 0")
     if (train.lr_schedule == "linear") != (train.lr_end is not None):
         fail("train.lr_end", train.lr_end, f"a number with lr_schedule: linear, null with {train.lr_schedule}")
-    sharpening = train.sharpen_temperature != 1.0 or train.soft_pseudo_labels
-    if sharpening and typed.da_cells:
-        fail("train.sharpen_temperature" if train.sharpen_temperature != 1.0 else "train.soft_pseudo_labels",
-              train.sharpen_temperature if train.sharpen_temperature != 1.0 else True,
-              f"the sharpening ablations are not defined with distribution alignment (da_cells = {typed.da_cells})")
     if train.optimizer == "adam" and typed.speed.optimizer_impl != "foreach":
         fail("speed.optimizer_impl", typed.speed.optimizer_impl,
               "selects SGD's implementation; train.optimizer = adam has one implementation: use foreach")
-    if train.pseudo_labels_from == "ema" and typed.speed.compile == "step":
-        fail("train.pseudo_labels_from", "ema", "not supported with speed.compile = step (use model or none)")
     if typed.speed.compile_augment and typed.augment.impl != "batched":
         fail("speed.compile_augment", True, "needs augment.impl = batched (the reference ops are per-image PIL)")
     for dataset in typed.data:
@@ -89,45 +86,35 @@ def validate_params(params: Mapping[str, Any] | Params) -> Params:
     for cell in typed.cells:
         dataset, _ = parse_cell(cell, typed.datasets)
         choice(dataset, f"cells: dataset of {cell} (must be listed in data)", typed.data)
-    if len(set(typed.ssl_methods)) != len(typed.ssl_methods):
-        fail("ssl_methods", typed.ssl_methods, "a list of distinct semi-supervised methods")
+    choice(typed.baseline, "baseline", sorted(typed.methods))
+    if len(set(typed.ssl_methods)) != len(typed.ssl_methods) or typed.baseline in typed.ssl_methods:
+        fail("ssl_methods", typed.ssl_methods, f"a list of distinct methods other than the baseline ({typed.baseline})")
     for method in typed.ssl_methods:
-        choice(method, "ssl_methods", sorted(name for name, spec in typed.methods.items() if spec.unlabeled))
+        choice(method, "ssl_methods", sorted(typed.methods))
     if not typed.ssl_methods and typed.check.max_ratio_to_supervised is not None:
         fail("ssl_methods", [], "must not be empty while check.max_ratio_to_supervised compares the semi-supervised "
-                                 "methods with supervised-only; set it to null to train supervised baselines alone")
+                                 "methods with the baseline; set it to null to train the baselines alone")
     if not typed.ssl_methods and typed.ablations:
         fail("ssl_methods", [], "must not be empty: ablations are swept on the semi-supervised methods")
-    for method in [*typed.ssl_methods, *(["fixmatch_cta_da"] if typed.da_cells else [])]:
-        check_unlabeled_loss(typed, method)
-    for cell in typed.da_cells:
-        choice(cell, "da_cells", typed.cells)
+    for method, cells in typed.cell_methods.items():
+        choice(method, "cell_methods", sorted(set(typed.methods) - {typed.baseline, *typed.ssl_methods}))
+        for cell in cells:
+            choice(cell, f"cell_methods.{method}", typed.cells)
     for axis, variants in typed.ablations.items():
         if not AXIS.match(axis):
             fail("ablations", axis, "an axis name is a word (letters, digits, _)")
         for index, variant in enumerate(variants):
-            with_variant(typed, variant, where=f"ablations.{axis}[{index}]")
+            for method in typed.ssl_methods:
+                with_variant(typed, variant, where=f"ablations.{axis}[{index}]", method=method)
     return typed
-
-
-def check_unlabeled_loss(params: Params, method: str) -> None:
-    """Refuse ``train.uratio = 0`` or ``train.unlabeled_weight = 0`` for a method that trains on unlabeled
-    data (it would train supervised under its name), unless the method allows it (an ablation)."""
-    spec = params.methods[method]
-    if not spec.unlabeled or spec.allow_no_unlabeled_loss:
-        return
-    for key, value in (("uratio", params.train.uratio), ("unlabeled_weight", params.train.unlabeled_weight)):
-        if value == 0:
-            fail(f"train.{key}", value, f"must be > 0 for {method}, which trains on unlabeled data; "
-                                         f"methods.{method}.allow_no_unlabeled_loss: true allows 0 (an ablation)")
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:
     """Read and validate the params file, including its table of runs."""
     with open(path) as handle:
         params = validate_params(yaml.safe_load(handle))
-    if params.runs != RunTable.model_validate(run_table(params)):
-        fail("runs", "...", "does not match cells, ssl_methods, da_cells and folds; params.yaml is generated "
+    if params.runs != run_table(params):
+        fail("runs", "...", "does not match cells, baseline, ssl_methods, cell_methods and folds; params.yaml is generated "
                              "from conf/: edit conf/ and run `make params`, or use `dvc exp run -S key=value`")
     return params
 
@@ -149,10 +136,10 @@ def parse_run(key: str, params: Params) -> Run:
             fail("run", key, f"an ablation change is <params key>=<value>, got {change!r}")
         variant.append((name, parse_value(text)))
     run = Run(dataset, labels, parts[1], int(parts[2]), tuple(variant))
-    check_unlabeled_loss(with_variant(params, run.variant, where=f"run {key}"), run.method)
+    run_params(params, run)
     return run
 
 
 def run_params(params: Params, run: Run) -> Params:
     """The params a run trains with: the suite's, with the run's ablation variant in place."""
-    return with_variant(params, run.variant, where=f"run {run.key}") if run.variant else params
+    return with_variant(params, run.variant, where=f"run {run.key}", method=run.method) if run.variant else params

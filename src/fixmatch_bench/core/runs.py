@@ -39,7 +39,7 @@ class Run:
     @property
     def key(self) -> str:
         """Stage key (``train@<key>``) and results folder name: ``digits_20-fixmatch_ra-1``, and for an
-        ablation variant its changes after it (``digits_20-fixmatch_cta-1+threshold=0.8``)."""
+        ablation variant its changes after it (``digits_20-fixmatch_cta-1+method.threshold=0.8``)."""
         return f"{self.name}-{self.fold}" + "".join(f"+{key}={format_value(value)}" for key, value in self.variant)
 
 
@@ -72,10 +72,10 @@ def parse_cell(cell: str, datasets: Mapping[str, DatasetFacts], key: str = "cell
 
 
 def expected_runs(params: Params) -> list[Run]:
-    """Every run the params ask for: each cell's supervised baseline, each semi-supervised method,
-    then distribution alignment on ``da_cells``."""
-    pairs = [(cell, method) for method in ["supervised", *params.ssl_methods] for cell in params.cells]
-    pairs += [(cell, "fixmatch_cta_da") for cell in params.da_cells]
+    """Every run the params ask for: each cell's baseline, each semi-supervised method, then the
+    methods of ``cell_methods`` on their cells."""
+    pairs = [(cell, method) for method in [params.baseline, *params.ssl_methods] for cell in params.cells]
+    pairs += [(cell, method) for method, cells in params.cell_methods.items() for cell in cells]
     runs = []
     for cell, method in pairs:
         dataset, labels = parse_cell(cell, params.datasets)
@@ -97,19 +97,15 @@ def all_runs(params: Params) -> list[Run]:
     return expected_runs(params) + ablation_runs(params)
 
 
-def run_table(params: Params) -> dict:
-    """The ``runs`` block of params.yaml that dvc.yaml's training stages iterate over.
+def run_table(params: Params) -> dict[str, list[str]]:
+    """The ``runs`` block of params.yaml that dvc.yaml's training stage iterates over:
+    ``{key: [dataset, method, split]}``.
 
-    ``{"supervised": {key: [dataset, method, split]}, "semi_supervised": {...}}``: DVC's
-    ``foreach`` over a mapping names each stage by its key (``train@digits_20-fixmatch_ra-1``)
+    DVC's ``foreach`` over a mapping names each stage by its key (``train@digits_20-fixmatch_ra-1``)
     and hands the stage its dataset, method and split, so that each run depends on
     ``datasets.<its dataset>`` and ``methods.<its method>`` only (a ``matrix`` over cells
     cannot name a cell's dataset). The ``fixmatch_runs`` resolver
     (src/hydra_plugins/fixmatch_bench_resolvers.py) writes it whenever conf/ is composed.
     ``params`` must have passed :func:`validate_params`.
     """
-    table: dict[str, dict[str, list]] = {"supervised": {}, "semi_supervised": {}}
-    for run in all_runs(params):
-        group = "supervised" if run.method == "supervised" else "semi_supervised"
-        table[group][run.key] = [run.dataset, run.method, f"{run.cell}-{run.fold}"]
-    return table
+    return {run.key: [run.dataset, run.method, f"{run.cell}-{run.fold}"] for run in all_runs(params)}

@@ -1,8 +1,8 @@
 """The schema of params.yaml: one typed model per block, validated once, read as attributes.
 
 ``Params.model_validate(mapping)`` checks types, ranges and allowed values of every key
-the pipeline reads and refuses unknown keys (a misspelled one); :mod:`.config` turns its
-first error into today's one line (key, value, what is allowed) and adds the checks
+the pipeline reads and refuses unknown keys (a misspelled one); :mod:`.errors` turns its
+first error into one line (key, value, what is allowed) and adds the checks
 that relate several blocks. Kept free of torch: every stage validates params first.
 What each speed option does is in :mod:`fixmatch_bench.train.speed`.
 """
@@ -31,7 +31,6 @@ class TrainParams(Block):
     steps: PositiveInt
     batch: PositiveInt
     uratio: Count
-    unlabeled_weight: NonNegative
     lr: Positive
     momentum: Fraction
     nesterov: bool
@@ -45,9 +44,6 @@ class TrainParams(Block):
     device: Literal["auto", "cpu", "cuda"]
     lr_schedule: Literal["cosine", "linear"]
     lr_end: NonNegative | None
-    sharpen_temperature: Positive
-    soft_pseudo_labels: bool
-    pseudo_labels_from: Literal["model", "ema"]
     optimizer: Literal["sgd", "adam"]
     adam_beta1: Annotated[float, Field(ge=0.0, lt=1.0)]
     adam_beta2: Annotated[float, Field(ge=0.0, lt=1.0)]
@@ -84,20 +80,19 @@ class DatasetFacts(Block):
     weight_decay: NonNegative
 
 
-class Method(Block):
-    unlabeled: bool
-    strong: Literal["none", "randaugment", "ctaugment"]
-    distribution_alignment: bool
-    # A method with unlabeled: true trains on unlabeled data: train.uratio = 0 or train.unlabeled_weight = 0
-    # would report supervised training under its name, and is refused unless this is true (an ablation).
-    allow_no_unlabeled_loss: bool = False
+class MethodBlock(BaseModel):
+    """A method's block: ``impl``, the class that trains it, and the keys of that class's own params
+    (validated by :func:`fixmatch_bench.methods.registry.check_methods`)."""
+
+    model_config = ConfigDict(extra="allow", strict=True, frozen=True, allow_inf_nan=False)
+
+    impl: Annotated[str, Field(min_length=1)]
 
 
 class AugmentParams(Block):
     impl: Literal["batched", "reference"]
     cta_translate_fix: bool
     strong_branch: Literal["full", "no_cutout", "only_cutout"]
-    anchoring: Literal["weak.strong", "weak.weak", "strong.weak", "strong.strong"]
 
 
 class SpeedOptions(Block):
@@ -165,13 +160,6 @@ Scalar = bool | int | Annotated[float, Field(allow_inf_nan=True)] | str | None
 Variant = dict[str, Scalar]
 
 
-class RunTable(Block):
-    """The runs the training stages iterate over: ``{key: [dataset, method, split]}`` per group."""
-
-    supervised: dict[str, list[str]]
-    semi_supervised: dict[str, list[str]]
-
-
 class Params(Block):
     """All of params.yaml."""
 
@@ -186,12 +174,15 @@ class Params(Block):
     check: CheckParams
     sources: SourcesParams
     datasets: dict[str, DatasetFacts]
-    methods: dict[str, Method]
+    methods: dict[str, MethodBlock]
     data: Annotated[list[str], Field(min_length=1)]
     folds: Annotated[list[PositiveInt], Field(min_length=1)]
     cells: Annotated[list[str], Field(min_length=1)]
+    baseline: str  # the method every cell trains, which the check compares the others with
     ssl_methods: list[str]
-    da_cells: list[str]
+    cell_methods: dict[str, list[str]]  # {method: [cell, ...]}: a method trained on some cells only
     # Ablation axes swept on every cell × ssl_method × fold of the suite: {axis: [variant, ...]}.
     ablations: dict[str, Annotated[list[Variant], Field(min_length=1)]] = {}
-    runs: RunTable | None = None  # derived from the lists above when conf/ is composed
+    # The runs the training stage iterates over, {key: [dataset, method, split]}: derived from the lists
+    # above when conf/ is composed.
+    runs: dict[str, list[str]] | None = None

@@ -152,11 +152,13 @@ def check_cells_not_run(cells: Sequence[CellResult], reference: Mapping[str, Ref
             for key, ref in reference.items() if key not in measured]
 
 
-def check_ratio_to_supervised(cells: Sequence[CellResult], max_ratio: float) -> list[CheckResult]:
-    """Each semi-supervised method at each dataset's smallest label count against the supervised baseline.
+def check_ratio_to_supervised(cells: Sequence[CellResult], max_ratio: float,
+                              baseline_method: str = "supervised") -> list[CheckResult]:
+    """Each other method at each dataset's smallest label count against the baseline method's run
+    (``baseline`` in params: the supervised-only baseline).
 
-    ``pass`` when its mean error is at most ``max_ratio`` times the supervised-only mean
-    error of the same cell; ``incomplete`` when either side is missing folds.
+    ``pass`` when its mean error is at most ``max_ratio`` times the baseline's mean error of
+    the same cell; ``incomplete`` when either side is missing folds.
     """
     by_key = {cell.key: cell for cell in cells}
     smallest: dict[str, int] = {}
@@ -164,17 +166,17 @@ def check_ratio_to_supervised(cells: Sequence[CellResult], max_ratio: float) -> 
         smallest[cell.dataset] = min(cell.labels, smallest.get(cell.dataset, cell.labels))
     results = []
     for cell in cells:
-        if cell.method == "supervised" or cell.labels != smallest[cell.dataset]:
+        if cell.method == baseline_method or cell.labels != smallest[cell.dataset]:
             continue
-        baseline = by_key.get(f"{cell.dataset}_{cell.labels}-supervised")
+        baseline = by_key.get(f"{cell.dataset}_{cell.labels}-{baseline_method}")
         complete = cell.complete and baseline is not None and baseline.complete
         reference = None if baseline is None or baseline.mean is None else Reference(
-            baseline.mean * max_ratio, None, f"{max_ratio:.3g} x supervised-only")
+            baseline.mean * max_ratio, None, f"{max_ratio:.3g} x {baseline_method}")
         if not complete or reference is None:
             status = "incomplete"
         else:
             status = "pass" if cell.mean <= reference.mean else "fail"
-        results.append(CheckResult(f"{cell.key} vs supervised", status, cell.mean, reference, 0.0,
+        results.append(CheckResult(f"{cell.key} vs {baseline_method}", status, cell.mean, reference, 0.0,
                                    cell.folds_done, len(cell.folds_expected), cell.missing_folds))
     return results
 

@@ -1,6 +1,6 @@
 """Throughput of the training step that `dvc repro` runs: the peers' pipeline vs this suite's, on random data.
 
-Both pipelines time the trainer's own :func:`~fixmatch_bench.train.step.fixmatch_step`,
+Both pipelines time the trainer's own :func:`~fixmatch_bench.train.step.train_step`,
 built by :func:`~fixmatch_bench.train.state.build_state` from the paper suite's params
 (conf/ composed with ``suite=paper``: the dataset's row of the table, ``train``,
 ``threshold``, the method), on random uint8 images of the dataset's shape. They
@@ -64,15 +64,16 @@ from ..core.runs import Run, all_runs
 from ..core.schema import DatasetFacts, Params
 from ..report import gpu_hours
 from ..train.budget import workload
-from ..augment import make_augmenter
+from ..augment.augmenter import make_augmenter
 from ..train.distributed import SINGLE_PROCESS
 from ..train.evaluation import accuracy, to_model_input
-from ..train.fixmatch import Batch
+from ..methods.base import Batch
+from ..methods.registry import run_method
 from ..train.host_memory import keep_freed_memory
 from ..train.run_data import RunData
 from ..train.speed import SpeedOptions
 from ..train.state import TrainState, build_state
-from ..train.step import Drawn, StepParams, draw_batch, fixmatch_step
+from ..train.step import Drawn, StepPlan, draw_batch, train_step
 
 GPU_SPEED = SpeedOptions(channels_last=True, autocast_bf16=True, compile="step", compile_augment=True)
 # (label, options): the suite's pipeline with each speed option added in turn.
@@ -196,7 +197,7 @@ class StepUnderTest:
     params: Params
     data: RunData
     state: TrainState
-    hp: StepParams
+    plan: StepPlan
     step: Callable[[], object]  # one training step, the batch included
     device: torch.device
 
@@ -207,12 +208,13 @@ class StepUnderTest:
 
 
 def suite_step(config: BenchConfig, paper: Params, device: torch.device, options: SpeedOptions) -> StepUnderTest:
-    """Pipeline (b): :func:`draw_batch` on device-resident data, then :func:`fixmatch_step`."""
+    """Pipeline (b): :func:`draw_batch` on device-resident data, then :func:`train_step`."""
     params, run = config.params(paper, options, device), config.run()
     data = random_data(config, params.datasets[config.dataset], device)
-    state, hp = build_state(params, run, data, device, SINGLE_PROCESS), StepParams.build(params, run)
+    method = run_method(params, run.method)
+    state, plan = build_state(params, run, method, data, device, SINGLE_PROCESS), StepPlan.build(params, method)
     state.model.train()
-    return StepUnderTest(params, data, state, hp, lambda: fixmatch_step(state, draw_batch(state, data, hp), hp),
+    return StepUnderTest(params, data, state, plan, lambda: train_step(state, draw_batch(state, data, plan), plan),
                          device)
 
 
@@ -251,11 +253,11 @@ def worker_split(workers: int) -> tuple[int, int]:
 
 
 def peers_step(config: BenchConfig, paper: Params, device: torch.device, workers: int) -> StepUnderTest:
-    """Pipeline (a): per-image PIL RandAugment in DataLoader workers feeding :func:`fixmatch_step`, fp32 eager
+    """Pipeline (a): per-image PIL RandAugment in DataLoader workers feeding :func:`train_step`, fp32 eager
     under PyTorch's default precision, as the peers run: cuDNN convolutions may use TF32, matmuls do not."""
     under_test = suite_step(config, paper, device, SpeedOptions())
     torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = True, False  # PyTorch's defaults
-    state, hp, hyper = under_test.state, under_test.hp, under_test.params.train
+    state, plan, hyper = under_test.state, under_test.plan, under_test.params.train
     facts = under_test.params.datasets[config.dataset]
     data = random_data(config, facts, torch.device("cpu"))
     loaders = []
@@ -271,9 +273,9 @@ def peers_step(config: BenchConfig, paper: Params, device: torch.device, workers
         images, targets = next(labeled_loader)
         weak, strong = next(unlabeled_loader)
         images, weak, strong = (part.to(device, non_blocking=True) for part in (images, weak, strong))
-        batch = Batch(to_model_input(images), targets.to(device, non_blocking=True), to_model_input(weak),
-                      to_model_input(strong))
-        fixmatch_step(state, Drawn(batch, images), hp)
+        batch = Batch(to_model_input(images), targets.to(device, non_blocking=True),
+                      (to_model_input(weak), to_model_input(strong)))
+        train_step(state, Drawn(batch, images), plan)
 
     return replace(under_test, step=step)
 
@@ -319,15 +321,15 @@ def measure_peers(config: BenchConfig, paper: Params, device: torch.device, work
 def _breakdown(config: BenchConfig, under_test: StepUnderTest) -> dict[str, float]:
     """Mean ms per step of drawing the batch and of the update, synchronised (so it slightly
     overstates the pipelined total)."""
-    state, hp, device = under_test.state, under_test.hp, under_test.device
+    state, plan, device = under_test.state, under_test.plan, under_test.device
     totals = {"batch_ms": 0.0, "update_ms": 0.0}
     for _ in range(config.breakdown_steps):
         _sync(device)
         started = time.perf_counter()
-        drawn = draw_batch(state, under_test.data, hp)
+        drawn = draw_batch(state, under_test.data, plan)
         _sync(device)
         drawn_at = time.perf_counter()
-        fixmatch_step(state, drawn, hp)
+        train_step(state, drawn, plan)
         _sync(device)
         totals["batch_ms"] += (drawn_at - started) * 1000.0
         totals["update_ms"] += (time.perf_counter() - drawn_at) * 1000.0
@@ -455,7 +457,7 @@ def render_markdown(report: dict[str, Any]) -> str:
              f"{'full GPU suite' if not report['reduced'] else 'REDUCED configuration (smoke test, not a GPU figure)'}; "
              f"host load average at start {report['load_average_1min']:.2f}.",
              "", "Made by `python -m fixmatch_bench.tools.bench`: the trainer's own step (`train/step.py` "
-             "`fixmatch_step`, built from the paper suite's params) on random uint8 data of the dataset's shape; "
+             "`train_step`, built from the paper suite's params) on random uint8 data of the dataset's shape; "
              f"{'no evaluation inside the timed rounds (quick timing)' if report.get('quick') else 'periodic EMA evaluation included'}. "
              "Steps/s: median over the rounds ± their standard deviation.",
              "(a) peers: per-image PIL RandAugment in DataLoader workers (one per core), fp32 eager under "
@@ -490,7 +492,7 @@ def render_markdown(report: dict[str, Any]) -> str:
                   "`uv run python -m fixmatch_bench.tools.bench` to measure the full suite "
                   "(WRN-28-2 RA/CTA with the speed-option ladder, WRN-28-8, WRN-37-2 at 96 px)."]
     lines += ["", "The breakdown is a separate synchronised pass of (b): `draw_batch` (sampling, augmentation) "
-              "and `fixmatch_step` (loss, backward, SGD, EMA, distribution alignment, CTAugment probes); its "
+              "and `train_step` (loss, backward, SGD, EMA, distribution alignment, CTAugment probes); its "
               "sum can exceed 1000 / steps/s because the phases no longer overlap."]
     return "\n".join(lines) + "\n"
 

@@ -66,7 +66,7 @@ class JobOptions:
 
 
 def stage_of(run: Run) -> str:
-    return f"{'supervised' if run.method == 'supervised' else 'train'}@{run.key}"
+    return f"train@{run.key}"
 
 
 def _git(repo: Path, *args: str) -> str:

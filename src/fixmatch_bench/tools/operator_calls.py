@@ -6,7 +6,7 @@ launch of its own, with a few microseconds of host time each, so the count bound
 the steps/s that eager execution can reach whatever the GPU.
 
 The step is the trainer's: :func:`~fixmatch_bench.tools.bench.suite_step` (``draw_batch``
-then ``fixmatch_step``, the paper suite's params composed with ``suite=paper``) on
+then ``train_step``, the paper suite's params composed with ``suite=paper``) on
 random images of the dataset's shape, on CPU, fp32 eager, with the augmentation
 in the dense form that CUDA runs (:meth:`~fixmatch_bench.augment.Augmenter.dense`).
 The first step (cached tables) is not counted. Calls are split by phase:
@@ -46,12 +46,13 @@ from .bench import BenchConfig, suite_step
 from .compose import compose_params
 from ..core.params import validate_params
 from ..core.schema import Params
-from ..augment import make_augmenter, randaugment, tensor_ops
+from ..augment import randaugment, tensor_ops
+from ..augment.augmenter import make_augmenter
 from ..augment.primitives import CUTOUT_STEP, cutout_step
 from ..train.speed import SpeedOptions
-from ..train.step import draw_batch, fixmatch_step
+from ..train.step import draw_batch, train_step
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 PHASES = ("augmentation", "forward + backward", "optimizer + EMA", "other")
 NETWORKS = (("WRN-28-2", "cifar10"), ("WRN-28-8", "cifar100"), ("WRN-37-2 (96 px)", "stl10"))
 AUGMENTATIONS = (("RandAugment", "fixmatch_ra"), ("CTAugment", "fixmatch_cta"))
@@ -110,7 +111,7 @@ def step_calls(paper: Params, dataset: str, method: str, batch: int) -> dict[str
     config = BenchConfig(f"{dataset} {method}", dataset, method, train={"batch": batch}, train_size=1024,
                          test_size=16)
     under_test = suite_step(config, paper, torch.device("cpu"), SpeedOptions())
-    state, data, hp = under_test.state, under_test.data, under_test.hp
+    state, data, plan = under_test.state, under_test.data, under_test.plan
     state.augmenter.dense()
     state.augmenter.probe = _in_phase("augmentation", state.augmenter.probe)
     functions = state.functions
@@ -120,7 +121,7 @@ def step_calls(paper: Params, dataset: str, method: str, batch: int) -> dict[str
     draw = _in_phase("augmentation", draw_batch)
 
     def step() -> None:
-        fixmatch_step(state, draw(state, data, hp), hp)
+        train_step(state, draw(state, data, plan), plan)
 
     step()  # builds the cached tables
     counts = count_calls(step)

@@ -90,10 +90,10 @@ def _duration(hours: float) -> str:
 def render(params: Params, overrides: list[str], throughput: dict[str, Any] | None,
            own: dict[str, dict[str, gpu_hours.Figure]], data: Path) -> str:
     runs = all_runs(params)
-    supervised = sum(run.method == "supervised" for run in runs)
+    supervised = sum(run.method == params.baseline for run in runs)
     steps = sum(run_params(params, run).train.steps for run in runs)
     lines = [f"# Plan of the {params.suite_name!r} suite" + (f" ({' '.join(overrides)})" if overrides else ""), "",
-             f"{len(runs)} runs ({supervised} supervised, {len(runs) - supervised} semi-supervised) on "
+             f"{len(runs)} runs ({supervised} {params.baseline}, {len(runs) - supervised} of other methods) on "
              f"{len(params.cells)} cells x {len(params.folds)} folds, {steps:,} steps in all.", "",
              "| workload | runs | steps | memory, at least | measured steps/s | projected time |",
              "|---|---|---|---|---|---|"]
@@ -110,8 +110,12 @@ def render(params: Params, overrides: list[str], throughput: dict[str, Any] | No
             rate, hours = f"{figure.steps_per_s:.2f} ({figure.label})", _duration(cost.steps / figure.steps_per_s / 3600)
         lines.append(f"| {cost.workload} | {cost.runs} | {cost.steps:,} | "
                      f"{_size(estimate(run_params(params, run), run).total)} | {rate} | {hours} |")
-    lines += ["", f"Projected time: {_duration(total)} of training"
-              + (f", plus {unmeasured} runs not measured on this device." if unmeasured else ".")]
+    if unmeasured == len(runs):
+        lines += ["", "Projected time: not measured (no steps/s measured on this device: run `make gpu-check`, "
+                      "or one run of each workload)."]
+    else:
+        lines += ["", f"Projected time: {_duration(total)} of training"
+                  + (f", plus {unmeasured} runs not measured on this device." if unmeasured else ".")]
     if throughput is not None and throughput.get("device_type") == "cuda":
         lines += ["", *gpu_hours.render(gpu_hours.summary(costs), throughput["device"])]
     sizes = disk(params, runs, data)

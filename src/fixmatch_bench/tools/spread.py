@@ -141,7 +141,7 @@ def _train_run(params: Params, run: Run, variation: Variation, prepared: Path, s
 
 
 # Which runs a suite lists, not how one run computes: left out of a record's key.
-SUITE_LISTS = ("data", "cells", "ssl_methods", "da_cells", "folds", "runs")
+SUITE_LISTS = ("data", "cells", "baseline", "ssl_methods", "cell_methods", "folds", "runs")
 
 
 def _task_key(params: Params, run: Run, variation: Variation) -> str:

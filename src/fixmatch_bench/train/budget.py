@@ -25,15 +25,16 @@ from ..core.errors import ParamsError
 from ..core.params import run_params
 from ..core.runs import Run
 from ..core.schema import Params
+from ..methods.registry import build_method
 from .memory import GIB, MemoryEstimate, estimate
 
 
 def workload(params: Params, run: Run) -> str:
     """What a step of ``run`` costs depends on: its network, image shape, views and batch."""
     params = run_params(params, run)
-    facts, method, train = params.datasets[run.dataset], params.methods[run.method], params.train
+    facts, method, train = params.datasets[run.dataset], build_method(params, run.method), params.train
     network = facts.network
-    views = method.strong if method.unlabeled and train.uratio > 0 else "supervised"
+    views = method.strong if method.views and train.uratio > 0 else "supervised"
     unlabeled = f", mu={train.uratio}" if views != "supervised" else ""
     return (f"ResNet filters={network.filters} scales={network.scales} repeat={network.repeat}, "
             f"{facts.channels}x{facts.image_size}x{facts.image_size}, {views}, B={train.batch}{unlabeled}")
@@ -71,7 +72,8 @@ def refuse_unaffordable(params: Params, run: Run, device: torch.device, world_si
     needed = estimate(params, run)
     share = MemoryEstimate(needed.resident, needed.activations_per_image, -(-needed.images_per_step // world_size))
     if share.total > available:
-        fits = share.largest_batch(available, params.train.uratio) * world_size
+        views = len(build_method(params, run.method).views)
+        fits = share.largest_batch(available, params.train.uratio, views) * world_size
         raise ParamsError(f"invalid params: train.batch = {params.train.batch} (needs at least "
                           f"{share.total / GIB:.1f} GiB on {name}, which has {available / GIB:.1f} GiB: "
                           f"a batch of at most {fits} fits)")

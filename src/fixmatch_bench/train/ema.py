@@ -6,7 +6,7 @@ step, starting from the initial weights, without ``num_updates`` (so no
 debiasing or warm-up). BN moving statistics are not trainable: the EMA model
 reads the LIVE model's statistics, so here they are copied, not averaged.
 The EMA model serves evaluation and CTAugment probes, and pseudo-labels only under the
-mean-teacher ablation (``train.pseudo_labels_from: ema``).
+mean-teacher ablation (``methods.<m>.pseudo_labels_from: ema``).
 """
 
 from __future__ import annotations

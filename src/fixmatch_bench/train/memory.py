@@ -24,6 +24,7 @@ import torch
 
 from ..core.runs import Run
 from ..core.schema import Params
+from ..methods.registry import build_method
 from ..models.wide_resnet import WideResNet
 
 FLOAT32 = 4
@@ -40,9 +41,9 @@ class MemoryEstimate:
     def total(self) -> int:
         return self.resident + self.activations_per_image * self.images_per_step
 
-    def largest_batch(self, available: int, uratio: int) -> int:
-        """The largest labeled batch B (B (1 + 2 uratio) images per step) whose estimate fits ``available``."""
-        per_labeled = self.activations_per_image * (1 + 2 * uratio)
+    def largest_batch(self, available: int, uratio: int, views: int) -> int:
+        """The largest labeled batch B (B (1 + views uratio) images per step) whose estimate fits ``available``."""
+        per_labeled = self.activations_per_image * (1 + views * uratio)
         return max(0, (available - self.resident) // per_labeled)
 
 
@@ -65,14 +66,15 @@ def _activations_per_image(network: tuple, channels: int, size: int, classes: in
 
 def estimate(params: Params, run: Run) -> MemoryEstimate:
     """The lower bound for ``run`` (its dataset's network and image size, the method's views, the batch)."""
-    facts, method, train = params.datasets[run.dataset], params.methods[run.method], params.train
+    facts, train = params.datasets[run.dataset], params.train
+    views = len(build_method(params, run.method).views)
     image = facts.channels * facts.image_size ** 2
     unlabeled_pool = facts.train_size + facts.unlabeled_size if facts.unlabeled_size else 0  # a copy with extras
     data = (facts.train_size + unlabeled_pool + facts.test_size) * image
     model = WideResNet(num_classes=facts.num_classes, in_channels=facts.channels, **facts.network.kwargs())
     weights = sum(parameter.numel() for parameter in model.parameters()) * FLOAT32
     optimizer_state = 2 if train.optimizer == "adam" else 1
-    images = train.batch * (1 + 2 * train.uratio if method.unlabeled else 1)
+    images = train.batch * (1 + views * train.uratio)
     per_image = _activations_per_image(tuple(sorted(facts.network.kwargs().items())), facts.channels,
                                        facts.image_size, facts.num_classes)
     return MemoryEstimate(resident=data + weights * (3 + optimizer_state), activations_per_image=per_image,

@@ -147,7 +147,7 @@ def compile_option(options: SpeedOptions) -> str:
 class StepFunctions:
     """The pieces of one training update, compiled under ``compile: step``, plain otherwise.
 
-    ``loss`` has :func:`~fixmatch_bench.train.fixmatch.fixmatch_loss`'s signature;
+    ``loss`` is the run's :meth:`~fixmatch_bench.methods.base.Method.loss`;
     ``optimizer_step()`` is ``optimizer.step()``; ``ema_update(model)`` is
     ``ema.update(model)``. The loop calls ``begin_step``, ``loss``, ``backward``,
     ``optimizer_step``, (the DDP buffer broadcast) and ``ema_update``, in that order.

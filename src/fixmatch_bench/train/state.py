@@ -2,7 +2,7 @@
 
 :func:`build_state` builds it from params (seeded per run and fold); ``state_dict()`` /
 ``load_state_dict()`` cover the model, the EMA, the optimizer, CTAugment's rates, the
-distribution-alignment buffer, the index streams and every random generator, so a
+method's own state (FixMatch + DA: the distribution-alignment buffer), the index streams and every random generator, so a
 resumed run draws and computes exactly what an uninterrupted one would.
 """
 
@@ -17,11 +17,10 @@ from torch import nn
 
 from ..core.runs import Run
 from ..core.schema import Params
-from ..augment import Augmenter, make_augmenter
+from ..augment.augmenter import Augmenter, make_augmenter
+from ..methods.base import Method, RunContext
 from .distributed import World
-from .distribution_alignment import DistributionAlignment
 from .ema import ModelEMA
-from .fixmatch import fixmatch_loss
 from .optim import build_optimizer
 from .run_data import RunData
 from .sampling import IndexStream
@@ -37,7 +36,8 @@ class TrainState:
     ema: ModelEMA
     optimizer: torch.optim.Optimizer
     augmenter: Augmenter
-    alignment: DistributionAlignment | None  # FixMatch + distribution alignment only
+    method: Method
+    method_state: nn.Module | None  # the method's own state (FixMatch + DA: the alignment buffer)
     sample_generator: torch.Generator  # the index streams' draws
     augment_generator: torch.Generator  # every augmentation draw
     labeled_stream: IndexStream
@@ -53,7 +53,7 @@ class TrainState:
             "step": self.step,
             "model": self.model.state_dict(), "ema": self.ema.state_dict(), "optimizer": self.optimizer.state_dict(),
             "augmenter": self.augmenter.state_dict(),
-            "alignment": self.alignment.state_dict() if self.alignment is not None else None,
+            "method": self.method_state.state_dict() if self.method_state is not None else None,
             "generators": {"sample": self.sample_generator.get_state(), "augment": self.augment_generator.get_state()},
             "streams": {"labeled": self.labeled_stream.state_dict(), "unlabeled": self.unlabeled_stream.state_dict()},
             "rng": _global_rng_states(),
@@ -65,8 +65,8 @@ class TrainState:
         self.ema.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.augmenter.load_state_dict(state["augmenter"])
-        if self.alignment is not None:
-            self.alignment.load_state_dict(state["alignment"])
+        if self.method_state is not None:
+            self.method_state.load_state_dict(state["method"])
         self.sample_generator.set_state(state["generators"]["sample"])
         self.augment_generator.set_state(state["generators"]["augment"])
         self.labeled_stream.load_state_dict(state["streams"]["labeled"])
@@ -74,10 +74,11 @@ class TrainState:
         _set_global_rng_states(state["rng"])
 
 
-def build_state(params: Params, run: Run, data: RunData, device: torch.device, world: World) -> TrainState:
+def build_state(params: Params, run: Run, method: Method, data: RunData, device: torch.device,
+                world: World) -> TrainState:
     """A run's state at step 0: seeded with ``train.seed * 1000 + fold``, built on ``device``."""
-    hp, facts, method, speed = params.train, params.datasets[run.dataset], params.methods[run.method], params.speed
-    seed = hp.seed * 1000 + run.fold
+    train, facts, speed = params.train, params.datasets[run.dataset], params.speed
+    seed = train.seed * 1000 + run.fold
     torch.manual_seed(seed)
     random.seed(seed)
     np.random.seed(seed)
@@ -87,37 +88,37 @@ def build_state(params: Params, run: Run, data: RunData, device: torch.device, w
         torch.compiler.reset()  # compile afresh: the same graphs whether this process trained other runs or not
     model = WideResNet(num_classes=facts.num_classes, in_channels=facts.channels, **facts.network.kwargs()).to(device)
     prepare_model(model, speed)
-    ema = ModelEMA(model, hp.ema)
-    optimizer = build_optimizer(model, hp.optimizer, hp.lr, facts.weight_decay, momentum=hp.momentum,
-                                nesterov=hp.nesterov, beta1=hp.adam_beta1, beta2=hp.adam_beta2,
+    ema = ModelEMA(model, train.ema)
+    optimizer = build_optimizer(model, train.optimizer, train.lr, facts.weight_decay, momentum=train.momentum,
+                                nesterov=train.nesterov, beta1=train.adam_beta1, beta2=train.adam_beta2,
                                 **speed.optimizer_kwargs())
-    augmenter = _augmenter(params, run)
+    augmenter = _augmenter(params, run, method)
     if speed.compile_augment:
         augmenter.compile()
     sample_generator = torch.Generator(device=device).manual_seed(seed)
     return TrainState(
         model=model, ema=ema, optimizer=optimizer, augmenter=augmenter,
-        alignment=(DistributionAlignment(facts.num_classes, data.class_distribution)
-                   if method.distribution_alignment else None),
+        method=method,
+        method_state=method.build_state(RunContext(facts.num_classes, data.class_distribution, speed.weak_no_grad)),
         sample_generator=sample_generator,
         augment_generator=torch.Generator(device=device).manual_seed(seed + 1),
-        labeled_stream=IndexStream(len(data.labeled_targets), hp.batch, sample_generator),
-        unlabeled_stream=IndexStream(len(data.unlabeled_targets), hp.batch * hp.uratio, sample_generator),
+        labeled_stream=IndexStream(len(data.labeled_targets), train.batch, sample_generator),
+        unlabeled_stream=IndexStream(len(data.unlabeled_targets), train.batch * train.uratio, sample_generator),
         # EMA, probes and checkpoints use the plain modules; training goes through DDP when distributed.
         forward=fast_forward(world.wrap(model), speed, training=True),
         ema_forward=fast_forward(ema.module, speed),
-        functions=StepFunctions.build(fixmatch_loss, optimizer, ema.update, speed),
+        functions=StepFunctions.build(method.loss, optimizer, ema.update, speed),
     )
 
 
-def _augmenter(params: Params, run: Run) -> Augmenter:
+def _augmenter(params: Params, run: Run, method: Method) -> Augmenter:
     """The run's weak and strong views, with ``augment.strong_branch`` (the official cutout ablations)."""
-    facts, method = params.datasets[run.dataset], params.methods[run.method]
+    facts = params.datasets[run.dataset]
     options = ({"cta_translate_fix": params.augment.cta_translate_fix} if method.strong == "ctaugment" else
                {"ra_translate_scale": facts.ra_translate_scale} if method.strong == "randaugment" else {})
     return make_augmenter(strong=method.strong, impl=params.augment.impl, flip=facts.flip, translate=facts.translate,
                           cutout=facts.cta_cutout if method.strong == "ctaugment" else facts.ra_cutout,
-                          strong_branch=params.augment.strong_branch if method.unlabeled else "full", **options)
+                          strong_branch=params.augment.strong_branch if method.views else "full", **options)
 
 
 def _global_rng_states() -> dict:

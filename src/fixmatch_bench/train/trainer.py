@@ -1,4 +1,4 @@
-"""The loop around :func:`~.step.fixmatch_step`: cadence only (log, evaluate, checkpoint, stop).
+"""The loop around :func:`~.step.train_step`: cadence only (log, evaluate, checkpoint, stop).
 
 One call of :func:`train` trains one run (a method on one dataset@labels cell and
 one fold), writes its outputs (``curves/`` and ``metrics.json``, and the EMA model's
@@ -26,6 +26,8 @@ from ..core.errors import ParamsError
 from ..core.params import validate_params
 from ..core.runs import Run
 from ..core.schema import Params
+from ..methods.base import Method
+from ..methods.registry import run_method
 from ..core.progress import progress as progress_bar
 from ..core.stage import require_writable, writing
 from .checkpoint import (CHECKPOINT_NAME, CHECKPOINTS_ENV, RunLock, checkpoint_root, load_for_resume,
@@ -36,7 +38,7 @@ from .host_memory import keep_freed_memory
 from .run_data import RunData, load_run_data
 from .run_log import NonFiniteLoss, RunLog
 from .state import TrainState, build_state
-from .step import StepParams, draw_batch, fixmatch_step
+from .step import StepPlan, draw_batch, train_step
 
 # Settings that change how a run is executed or logged but not what it computes.
 NOT_IN_FINGERPRINT = ("eval_batch", "log_every", "checkpoint_every", "device")
@@ -103,13 +105,13 @@ def resolve_device(params: Params) -> torch.device:
 
 def fingerprint(params: Params, run: Run, data: RunData) -> dict:
     """Everything that defines what a run computes; a checkpoint only resumes a run with the same one."""
-    method = params.methods[run.method]
-    result = {
+    return {
         "run": run.key,
         "train": params.train.model_dump(exclude=set(NOT_IN_FINGERPRINT)),
         "augment": params.augment.model_dump(),
         "dataset": params.datasets[run.dataset].model_dump(),
-        "method": method.model_dump(exclude={"allow_no_unlabeled_loss"}),  # what is validated, not computed
+        # allow_no_unlabeled_loss is what is validated, not what is computed
+        "method": params.methods[run.method].model_dump(exclude={"allow_no_unlabeled_loss"}),
         "speed": params.speed.fingerprint(),
         "dataset_sha256": data.dataset_sha256,
         "split_sha256": data.split_sha256,
@@ -117,9 +119,6 @@ def fingerprint(params: Params, run: Run, data: RunData) -> dict:
         # (CPU Mersenne Twister, CUDA Philox), so a run on another device type starts over.
         "device": data.test_images.device.type,
     }
-    if method.unlabeled:
-        result["threshold"] = params.threshold
-    return result
 
 
 def train(params: Params | Mapping, run: Run, data_dir: Path, split_path: Path, out_dir: Path,
@@ -138,6 +137,7 @@ def train(params: Params | Mapping, run: Run, data_dir: Path, split_path: Path, 
     ``params`` may be a plain mapping: it is validated first.
     """
     params, world = validate_params(params), world or SINGLE_PROCESS
+    method = run_method(params, run.method)
     keep_freed_memory()
     root = checkpoint_root(params.checkpoints.dir)
     if world.is_main:
@@ -153,7 +153,7 @@ def train(params: Params | Mapping, run: Run, data_dir: Path, split_path: Path, 
     lock = _claim(checkpoint_dir, run, stop, world)
     try:
         try:
-            metrics, state = _train_run(params, run, data, run_fingerprint, checkpoint_dir, out_dir, stop,
+            metrics, state = _train_run(params, run, method, data, run_fingerprint, checkpoint_dir, out_dir, stop,
                                         progress, world)
         except NonFiniteLoss as error:
             kept = ("the last good checkpoint is kept" if (checkpoint_dir / CHECKPOINT_NAME).exists()
@@ -189,17 +189,18 @@ def _claim(checkpoint_dir: Path, run: Run, stop: StopRequest, world: World) -> R
     return lock
 
 
-def _train_run(params: Params, run: Run, data: RunData, run_fingerprint: dict, checkpoint_dir: Path,
-               out_dir: Path, stop: StopRequest, progress: bool, world: World) -> tuple[dict, TrainState]:
+def _train_run(params: Params, run: Run, method: Method, data: RunData, run_fingerprint: dict,
+               checkpoint_dir: Path, out_dir: Path, stop: StopRequest, progress: bool,
+               world: World) -> tuple[dict, TrainState]:
     """The steps from the checkpoint (or 0) to ``train.steps``; the run's metrics and final state."""
     device = data.test_images.device  # the run's device: its data is there
-    hp, cadence = StepParams.build(params, run, world), params.train
-    state = build_state(params, run, data, device, world)
+    plan, cadence = StepPlan.build(params, method, world), params.train
+    state = build_state(params, run, method, data, device, world)
     saved = load_for_resume(checkpoint_dir, run_fingerprint)
     if saved is not None:
         state.load_state_dict(saved)
         if world.is_main:
-            print(f"{run.key}: resuming at step {state.step} of {hp.steps} from {checkpoint_dir}", flush=True)
+            print(f"{run.key}: resuming at step {state.step} of {plan.steps} from {checkpoint_dir}", flush=True)
     log = RunLog(out_dir / CURVES_DIR if world.is_main else None, saved, device)
 
     def save(finished: bool) -> None:
@@ -209,11 +210,11 @@ def _train_run(params: Params, run: Run, data: RunData, run_fingerprint: dict, c
         return float(accuracy(state.ema_forward, data.test_images, data.test_targets, cadence.eval_batch))
 
     state.model.train()
-    bar = progress_bar(hp.steps, run.key, unit="step", initial=state.step, disable=not (progress and world.is_main))
-    for step in range(state.step + 1, hp.steps + 1):
-        logs = fixmatch_step(state, draw_batch(state, data, hp), hp, world)
+    bar = progress_bar(plan.steps, run.key, unit="step", initial=state.step, disable=not (progress and world.is_main))
+    for step in range(state.step + 1, plan.steps + 1):
+        logs = train_step(state, draw_batch(state, data, plan), plan, world)
         log.window.add(step, logs)
-        last = step == hp.steps
+        last = step == plan.steps
         if step % cadence.log_every == 0 or last:
             values = log.log_training(step, logs["lr"], world)
             bar.set_postfix(loss=f"{values.get('train/loss', float('nan')):.3f}",
