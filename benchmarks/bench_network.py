@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fixmatch_bench.train.distribution_alignment import DistributionAlignment
+from fixmatch_bench.methods.distribution_alignment import DistributionAlignment
 from fixmatch_bench.train.ema import ModelEMA
 from fixmatch_bench.models.wide_resnet import WideResNet
 

@@ -1,4 +1,4 @@
-"""The training step that `dvc repro` runs (`train/step.py` ``fixmatch_step``, built from the paper
+"""The training step that `dvc repro` runs (`train/step.py` ``train_step``, built from the paper
 suite's params), fed by the peers' pipeline (a) and by this suite's (b), in one pytest-benchmark group.
 
 Run: ``uv run pytest benchmarks/bench_step.py --benchmark-only``. One round is a window of
@@ -28,7 +28,7 @@ keep_freed_memory()  # both pipelines with the trainer's host-memory settings
 
 
 @pytest.mark.parametrize("pipeline", ["peers", "suite"])  # the baseline first
-def test_fixmatch_step_throughput(benchmark, pipeline):
+def test_train_step_throughput(benchmark, pipeline):
     paper = validate_params(compose_params(["suite=paper"], REPO / "conf"))
     if pipeline == "peers":
         under_test = peers_step(CONFIG, paper, DEVICE, workers=torch.multiprocessing.cpu_count())

@@ -42,6 +42,7 @@ def main() -> None:
     plots.plot_error_curves(plots.load_curves(expected, args.results, "eval/error"), published,
                             out / "error_curves.png")
     plots.plot_error_vs_labels(cells, published, out / "error_vs_labels.png")
+    plots.plot_methods(cells, published, out / "methods.png")
     plots.plot_training_signals(plots.load_curves(expected, args.results, "train/mask_rate"),
                                 plots.load_curves(expected, args.results, "train/pseudo_label_accuracy"),
                                 published, out / "training_signals.png")

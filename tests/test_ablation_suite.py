@@ -16,6 +16,7 @@ from fixmatch_bench.core.params import parse_run, run_params, validate_params, w
 from fixmatch_bench.core.runs import Run, ablation_runs, run_table
 from fixmatch_bench.report.ablation import AblationPoint, plot_ablation, suite_points, write_suite_ablations
 from fixmatch_bench.report.published import parse_published
+from fixmatch_bench.methods.registry import check_methods, run_method
 
 from conftest import REPO
 
@@ -26,17 +27,18 @@ def _suite(name: str, *overrides: str):
 
 def test_a_variant_run_is_named_after_its_changes_and_parses_back():
     params = _suite("quick_ablation")
-    keys = list(run_table(params)["semi_supervised"])
-    assert keys == ["digits_20-fixmatch_cta-1", "digits_20-fixmatch_cta-1+threshold=0.5",
-                    "digits_20-fixmatch_cta-1+threshold=0.7", "digits_20-fixmatch_cta-1+threshold=0.8",
-                    "digits_20-fixmatch_cta-1+threshold=0.9", "digits_20-fixmatch_cta-1+threshold=0.99",
+    keys = [key for key, (_, method, _) in run_table(params).items() if method != params.baseline]
+    assert keys == ["digits_20-fixmatch_cta-1", "digits_20-fixmatch_cta-1+method.threshold=0.5",
+                    "digits_20-fixmatch_cta-1+method.threshold=0.7", "digits_20-fixmatch_cta-1+method.threshold=0.8",
+                    "digits_20-fixmatch_cta-1+method.threshold=0.9", "digits_20-fixmatch_cta-1+method.threshold=0.99",
                     "digits_20-fixmatch_cta-1+augment.strong_branch=no_cutout",
                     "digits_20-fixmatch_cta-1+augment.strong_branch=only_cutout"]
     for run in ablation_runs(params):
         assert parse_run(run.key, params) == run
-    run = parse_run("digits_20-fixmatch_cta-1+threshold=0.8+augment.strong_branch=no_cutout", params)
+    run = parse_run("digits_20-fixmatch_cta-1+method.threshold=0.8+augment.strong_branch=no_cutout", params)
     trained = run_params(params, run)
-    assert (trained.threshold, trained.augment.strong_branch) == (0.8, "no_cutout")
+    assert (run_method(trained, run.method).params.threshold, trained.augment.strong_branch) == (0.8, "no_cutout")
+    assert params.methods["fixmatch_cta"].threshold == 0.95  # the suite's params are left alone
     assert run_params(params, Run("digits", 20, "fixmatch_cta", 1)) is params
 
 
@@ -56,33 +58,43 @@ def test_the_paper_ablation_suite_composes_every_axis_on_cifar10_250():
 
 
 @pytest.mark.parametrize("ablations, message", [
-    ({"a": [{"threshold": 1.5}]}, "invalid params: ablations.a[0]: threshold = 1.5 (must be a number in [0.0, 1.0])"),
+    ({"a": [{"method.threshold": 1.5}]},
+     "invalid params: ablations.a[0]: methods.fixmatch_ra.threshold = 1.5 (must be a number in [0.0, 1.0])"),
+    ({"a": [{"threshold": 0.5}]}, "invalid params: ablations.a[0]: threshold = 0.5 (not a params value an ablation "
+                                  "can change (one of method, train, augment, speed, datasets, e.g. threshold, train.lr))"),
     ({"a": [{"folds": 3}]}, "invalid params: ablations.a[0]: folds = 3 (not a params value an ablation can change "
-                            "(one of threshold, train, augment, speed, datasets, methods, e.g. threshold, train.lr))"),
+                            "(one of method, train, augment, speed, datasets, e.g. threshold, train.lr))"),
     ({"a": [{"train.lr_schedule": "linear"}]},
      "invalid params: ablations.a[0]: train.lr_end = None (a number with lr_schedule: linear, null with linear)"),
-    ({"a": [{"train.lr": 0.1}], "b-c": [{"threshold": 0.5}]},
+    ({"a": [{"train.lr": 0.1}], "b-c": [{"method.threshold": 0.5}]},
      "invalid params: ablations = 'b-c' (an axis name is a word (letters, digits, _))"),
     ({"a": []}, "invalid params: ablations.a = [] (must not be empty)"),
 ])
 def test_a_bad_variant_is_refused_in_one_line(ablations, message):
     params = compose_params(["suite=quick"], REPO / "conf")
     with pytest.raises(ParamsError) as error:
-        validate_params({**params, "ablations": ablations})
+        check_methods(validate_params({**params, "ablations": ablations}))  # the structure, then the method blocks
     assert str(error.value) == message
 
 
 def test_dvc_exp_run_with_a_bad_variant_fails_while_params_are_composed(tmp_path):
     done = subprocess.run([sys.executable, "-m", "fixmatch_bench.tools.compose", str(tmp_path / "p.yaml"),
-                           "+ablations={a: [{threshold: 1.5}]}"], cwd=REPO, capture_output=True, text=True)
+                           "+ablations={a: [{method.threshold: 1.5}]}"], cwd=REPO, capture_output=True, text=True)
     assert done.returncode == 2 and not (tmp_path / "p.yaml").exists()
-    assert done.stderr == "error: invalid params: ablations.a[0]: threshold = 1.5 (must be a number in [0.0, 1.0])\n"
+    assert done.stderr == ("error: invalid params: ablations.a[0]: methods.fixmatch_ra.threshold = 1.5 "
+                           "(must be a number in [0.0, 1.0])\n")
 
 
 def test_a_run_key_with_bad_changes_is_refused_in_one_line():
     params = _suite("quick")
-    with pytest.raises(ParamsError, match=r"^invalid params: run digits_20-fixmatch_ra-1\+threshold=2: threshold = 2 "):
+    with pytest.raises(ParamsError, match=r"^invalid params: run digits_20-fixmatch_ra-1\+threshold=2: threshold = 2 "
+                                          r"\(not a params value an ablation can change"):
         parse_run("digits_20-fixmatch_ra-1+threshold=2", params)
+    # the method block's values are its class's to check, as the train stage does after parsing the key
+    run = parse_run("digits_20-fixmatch_ra-1+method.threshold=2", params)
+    with pytest.raises(ParamsError, match=r"^invalid params: run digits_20-fixmatch_ra-1\+method.threshold=2: "
+                                          r"methods.fixmatch_ra.threshold = 2 \(must be a number in \[0.0, 1.0\]\)"):
+        run_method(run_params(params, run), run.method, where=f"run {run.key}")
     with pytest.raises(ParamsError, match=r"an ablation change is <params key>=<value>, got 'train.lr'"):
         parse_run("digits_20-fixmatch_ra-1+train.lr", params)
     with pytest.raises(ParamsError, match=r"train.optimizer = 'a b' \(a string variant value must be a word"):
@@ -112,13 +124,13 @@ def test_the_suite_tables_and_figures_come_from_the_finished_runs(tmp_path):
     _write_metrics(results, Run("digits", 20, "fixmatch_cta", 1), 7.0, 0.9)
     errors = {0.5: 12.0, 0.7: 9.0, 0.8: 8.0, 0.9: 7.5}  # 0.99 did not finish
     for run in ablation_runs(params):
-        value = dict(run.variant).get("threshold")
+        value = dict(run.variant).get("method.threshold")
         if value in errors:
             _write_metrics(results, run, errors[value], value)
         elif value is None:
             _write_metrics(results, run, 10.0 if "no_cutout" in run.key else 11.0, 0.8)
     points = suite_points(params, "threshold", results)
-    assert [(p.settings["threshold"], p.error, p.folds) for p in points] == [
+    assert [(p.settings["method.threshold"], p.error, p.folds) for p in points] == [
         (0.95, 7.0, (1, 1)), (0.5, 12.0, (1, 1)), (0.7, 9.0, (1, 1)), (0.8, 8.0, (1, 1)), (0.9, 7.5, (1, 1)),
         (0.99, None, (0, 1))]
     written = write_suite_ablations(params, results, parse_published(PUBLISHED), tmp_path / "ablation")

@@ -15,7 +15,7 @@ from fixmatch_bench.tools.bench import (GPU_LADDER, GPU_SPEED, BenchConfig, _att
 from fixmatch_bench.tools import bench
 from fixmatch_bench.tools.compose import compose_params
 from fixmatch_bench.core.params import validate_params
-from fixmatch_bench.train import step as train_step
+from fixmatch_bench.train import step as step_module
 from fixmatch_bench.train.speed import SpeedOptions
 
 REPO = Path(__file__).resolve().parents[1]
@@ -33,6 +33,7 @@ def test_a_configuration_is_the_paper_suites_params_with_its_overrides(paper):
     params = TINY.params(paper, SpeedOptions(channels_last=True), torch.device("cpu"))
     assert params.train.batch == 2 and params.train.lr == paper.train.lr == 0.03
     assert params.threshold == paper.threshold == 0.95 and params.train.steps == 2**20
+    assert params.methods[TINY.method].threshold == paper.methods[TINY.method].threshold == 0.95
     assert params.datasets["cifar10"].network.filters == 8 and params.speed.channels_last
     assert paper.datasets["cifar10"].network.filters == 32  # the paper's params are left alone
     reduced = reduced_configs()[0].params(paper, SpeedOptions(), torch.device("cpu"))
@@ -54,16 +55,16 @@ def test_the_benchmark_times_the_trainers_own_step_over_several_rounds(paper, mo
     calls = []
 
     def counted(*args, **kwargs):
-        calls.append(train_step.fixmatch_step(*args, **kwargs))
+        calls.append(step_module.train_step(*args, **kwargs))
         return calls[-1]
 
-    monkeypatch.setattr(bench, "fixmatch_step", counted)  # the benchmark calls the trainer's step function
+    monkeypatch.setattr(bench, "train_step", counted)  # the benchmark calls the trainer's step function
     under_test = suite_step(TINY, paper, torch.device("cpu"), SpeedOptions())
     before = [p.detach().clone() for p in under_test.state.model.parameters()]
     rounds = timed_rounds(TINY, under_test)
     assert len(rounds) == 3 and all(value > 0 for value in rounds)
     assert len(calls) == TINY.warmup + TINY.rounds * TINY.steps == under_test.state.step
-    assert set(calls[0]) >= {"loss", "loss_x", "loss_u", "mask_rate", "lr"}  # fixmatch_step's logs
+    assert set(calls[0]) >= {"loss", "loss_x", "loss_u", "mask_rate", "lr"}  # train_step's logs (FixMatch's loss)
     assert any(not torch.equal(a, b) for a, b in zip(before, under_test.state.model.parameters()))
     breakdown = _breakdown(TINY, under_test)
     assert set(breakdown) == {"batch_ms", "update_ms"} and all(value > 0 for value in breakdown.values())

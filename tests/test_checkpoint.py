@@ -6,7 +6,8 @@ import torch
 from fixmatch_bench.train.checkpoint import (CHECKPOINT_NAME, CheckpointError, checkpoint_root, load_for_resume,
                                              run_checkpoint_dir, save_checkpoint)
 
-FINGERPRINT = {"run": "digits_20-fixmatch_ra-1", "threshold": 0.95, "train": {"steps": 100, "lr": 0.03}}
+FINGERPRINT = {"run": "digits_20-fixmatch_ra-1", "method": {"impl": "fixmatch", "threshold": 0.95},
+               "train": {"steps": 100, "lr": 0.03}}
 
 
 def test_save_is_atomic_and_round_trips(tmp_path):
@@ -27,19 +28,19 @@ def test_each_run_and_fingerprint_has_its_own_folder_under_a_configurable_root(t
     first = run_checkpoint_dir(tmp_path, "digits_20-fixmatch_ra-1", FINGERPRINT)
     assert first.parent == tmp_path and first.name.startswith("digits_20-fixmatch_ra-1-")
     assert first == run_checkpoint_dir(tmp_path, "digits_20-fixmatch_ra-1", dict(reversed(FINGERPRINT.items())))
-    assert first != run_checkpoint_dir(tmp_path, "digits_20-fixmatch_ra-1", {**FINGERPRINT, "threshold": 0.9})
+    assert first != run_checkpoint_dir(tmp_path, "digits_20-fixmatch_ra-1", {**FINGERPRINT, "method": {"impl": "fixmatch", "threshold": 0.9}})
     assert checkpoint_root("/shared/ckpt", {"FIXMATCH_CHECKPOINTS": "/elsewhere"}) == Path("/shared/ckpt")
     assert checkpoint_root(None, {"FIXMATCH_CHECKPOINTS": "/elsewhere"}) == Path("/elsewhere")
     assert checkpoint_root(None, {"XDG_CACHE_HOME": "/cache"}) == Path("/cache/fixmatch-bench/checkpoints")
 
 
 def test_a_folder_holding_a_run_with_other_settings_is_refused_naming_the_differences(tmp_path):
-    other = {**FINGERPRINT, "threshold": 0.9, "train": {"steps": 100, "lr": 0.1}}
+    other = {**FINGERPRINT, "method": {"impl": "fixmatch", "threshold": 0.9}, "train": {"steps": 100, "lr": 0.1}}
     save_checkpoint(tmp_path, {"fingerprint": other, "finished": False})
     with pytest.raises(CheckpointError) as error:
         load_for_resume(tmp_path, FINGERPRINT)
     message = str(error.value)
-    assert "threshold: checkpoint has 0.9, this run has 0.95" in message
+    assert "method.threshold: checkpoint has 0.9, this run has 0.95" in message
     assert "train.lr: checkpoint has 0.1, this run has 0.03" in message
     assert f"Delete {tmp_path} to start over" in message
 

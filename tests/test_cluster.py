@@ -84,7 +84,7 @@ def test_a_submitted_suite_comes_back_through_dvc_equal_to_a_local_repro(cluster
     on_cluster = time.monotonic() - started
     assert set(states.values()) == {"COMPLETED"}, (states, _logs(repo))
     final = (repo / ".cluster/logs/final.log").read_text()
-    assert "Running stage 'train@" not in final and "Running stage 'supervised@" not in final, final
+    assert "Running stage 'train@" not in final, final  # every run, supervised included, is a train@ stage
     assert final.count("is cached - skipping run, checking out outputs") == len(RUNS), final
     assert json.loads(dvc(repo, "status", "--json").stdout) == {}
 

@@ -9,6 +9,7 @@ from fixmatch_bench.tools.compose import write_params
 from fixmatch_bench.core.errors import ParamsError
 from fixmatch_bench.core.params import load_params, parse_run, validate_params
 from fixmatch_bench.core.runs import Run, expected_runs, run_table
+from fixmatch_bench.methods.registry import check_methods, run_method
 from conftest import REPO
 
 
@@ -57,40 +58,43 @@ def _with(params: dict, key: str, value) -> dict:
     ("cells", ["digits_5"], "invalid params: cells = 'digits_5' (digits label count must be between 10 (one per class) and 1297 (the training set))"),
     ("cells", ["digits-20"], "invalid params: cells = 'digits-20' (expected <dataset>_<labels>, e.g. cifar10_40)"),
     ("cells", ["cifar10_40"], "invalid params: cells: dataset of cifar10_40 (must be listed in data) = 'cifar10' (allowed: digits)"),
-    ("ssl_methods", ["mixmatch"], "invalid params: ssl_methods = 'mixmatch' (allowed: fixmatch_cta, fixmatch_cta_da, fixmatch_ra)"),
-    ("ssl_methods", ["supervised"], "invalid params: ssl_methods = 'supervised' (allowed: fixmatch_cta, fixmatch_cta_da, fixmatch_ra)"),
-    ("da_cells", ["digits_40"], "invalid params: da_cells = 'digits_40' (allowed: digits_20)"),
+    ("ssl_methods", ["mixmatch"], "invalid params: ssl_methods = 'mixmatch' (allowed: fixmatch_cta, fixmatch_cta_da, fixmatch_ra, supervised)"),
+    ("ssl_methods", ["supervised"], "invalid params: ssl_methods = ['supervised'] (a list of distinct methods other than the baseline (supervised))"),
+    ("cell_methods", {"fixmatch_cta_da": ["digits_40"]}, "invalid params: cell_methods.fixmatch_cta_da = 'digits_40' (allowed: digits_20)"),
     ("folds", [0], "invalid params: folds[0] = 0 (must be an integer in [1, inf))"),
     ("folds", [], "invalid params: folds = [] (must not be empty)"),
     ("treshold", 0.9, "invalid params: treshold = 0.9 (not a known key; allowed: suite_name, threshold, max_run_hours, "
-                      "train, augment, speed, checkpoints, launcher, check, sources, datasets, methods, data, folds, cells, ssl_methods, "
-                      "da_cells, ablations, runs)"),
+                      "train, augment, speed, checkpoints, launcher, check, sources, datasets, methods, data, folds, cells, baseline, "
+                      "ssl_methods, cell_methods, ablations, runs)"),
     ("train.stesp", 1024, "invalid params: train.stesp = 1024 (not a known key; allowed: steps, batch, uratio, "
-                          "unlabeled_weight, lr, momentum, nesterov, ema, eval_every, median_of_last, eval_batch, "
-                          "log_every, checkpoint_every, seed, device, lr_schedule, lr_end, sharpen_temperature, "
-                          "soft_pseudo_labels, pseudo_labels_from, optimizer, adam_beta1, adam_beta2)"),
+                          "lr, momentum, nesterov, ema, eval_every, median_of_last, eval_batch, "
+                          "log_every, checkpoint_every, seed, device, lr_schedule, lr_end, "
+                          "optimizer, adam_beta1, adam_beta2)"),
     ("train.steps", 1024.0, "invalid params: train.steps = 1024.0 (must be an integer in [1, inf))"),
     ("train.nesterov", "yes", "invalid params: train.nesterov = 'yes' (allowed: true, false)"),
     ("datasets.digits.network.padding", "same", "invalid params: datasets.digits.network.padding = 'same' "
                                                 "(allowed: tf, symmetric)"),
     ("checkpoints.keep_finished", 1, "invalid params: checkpoints.keep_finished = 1 (allowed: true, false)"),
     ("folds", [1, 1], "invalid params: folds = [1, 1] (a non-empty list of distinct positive integers (split seeds))"),
-    ("methods.fixmatch_ra.strong", "autoaugment", "invalid params: methods.fixmatch_ra.strong = 'autoaugment' (allowed: none, randaugment, ctaugment)"),
+    ("methods.fixmatch_ra.strong", "autoaugment", "invalid params: methods.fixmatch_ra.strong = 'autoaugment' (allowed: randaugment, ctaugment)"),
+    ("methods.fixmatch_ra.threshold", 1.5, "invalid params: methods.fixmatch_ra.threshold = 1.5 (must be a number in [0.0, 1.0])"),
     ("train.lr", float("inf"), "invalid params: train.lr = inf (must be a finite number in (0.0, inf))"),
-    ("train.unlabeled_weight", float("inf"), "invalid params: train.unlabeled_weight = inf (must be a finite number in [0.0, inf))"),
+    ("methods.fixmatch_ra.unlabeled_weight", float("inf"), "invalid params: methods.fixmatch_ra.unlabeled_weight = inf (must be a finite number in [0.0, inf))"),
     ("threshold", float("nan"), "invalid params: threshold = nan (must be a finite number in [0.0, 1.0])"),
     ("datasets.digits.weight_decay", float("-inf"), "invalid params: datasets.digits.weight_decay = -inf (must be a finite number in [0.0, inf))"),
     ("ablations", {"lr": [{"train.lr": float("inf")}]}, "invalid params: ablations.lr[0]: train.lr = inf (must be a finite number in (0.0, inf))"),
-    ("train.uratio", 0, "invalid params: train.uratio = 0 (must be > 0 for fixmatch_ra, which trains on unlabeled data; "
-                        "methods.fixmatch_ra.allow_no_unlabeled_loss: true allows 0 (an ablation))"),
-    ("train.unlabeled_weight", 0.0, "invalid params: train.unlabeled_weight = 0.0 (must be > 0 for fixmatch_ra, which trains "
-                                    "on unlabeled data; methods.fixmatch_ra.allow_no_unlabeled_loss: true allows 0 (an ablation))"),
+    # the suite's methods are checked in the order of their names: fixmatch_cta is the first that trains on unlabeled data
+    ("train.uratio", 0, "invalid params: train.uratio = 0 (must be > 0 for fixmatch_cta, which trains on unlabeled data; "
+                        "methods.fixmatch_cta.allow_no_unlabeled_loss: true allows 0 (an ablation))"),
+    ("methods.fixmatch_ra.unlabeled_weight", 0.0, "invalid params: methods.fixmatch_ra.unlabeled_weight = 0.0 (must be > 0 "
+                                                  "for fixmatch_ra, which trains on unlabeled data; "
+                                                  "methods.fixmatch_ra.allow_no_unlabeled_loss: true allows 0 (an ablation))"),
     ("ssl_methods", [], "invalid params: ssl_methods = [] (must not be empty while check.max_ratio_to_supervised compares the "
-                        "semi-supervised methods with supervised-only; set it to null to train supervised baselines alone)"),
+                        "semi-supervised methods with the baseline; set it to null to train the baselines alone)"),
 ])
 def test_each_bad_value_is_rejected_with_its_message(params, key, value, message):
     with pytest.raises(ParamsError) as error:
-        validate_params(_with(params, key, value))
+        check_methods(validate_params(_with(params, key, value)))  # the structure, then the methods' blocks
     assert str(error.value) == message
 
 
@@ -99,9 +103,10 @@ def test_no_unlabeled_loss_is_allowed_only_for_the_methods_that_declare_it_and_f
     for method in params["ssl_methods"]:
         no_unlabeled["methods"][method]["allow_no_unlabeled_loss"] = True
     typed = validate_params(no_unlabeled)
-    assert parse_run("digits_20-supervised-1", typed).method == "supervised"
+    check_methods(typed)
+    assert run_method(typed, parse_run("digits_20-supervised-1", typed).method).name == "supervised"
     with pytest.raises(ParamsError, match=r"^invalid params: train.uratio = 0 \(must be > 0 for fixmatch_cta_da"):
-        parse_run("digits_20-fixmatch_cta_da-1", typed)  # a method outside the suite, which does not declare it
+        run_method(typed, parse_run("digits_20-fixmatch_cta_da-1", typed).method)  # outside the suite, not declared
 
 
 def test_the_committed_params_are_valid_and_read_as_typed_attributes(params):
@@ -131,12 +136,14 @@ def test_a_run_key_names_any_cell_method_and_fold_of_the_tables(params):
 
 def test_the_runs_table_follows_the_suites_lists_and_a_stale_one_is_refused(params, tmp_path):
     assert params["runs"] == run_table(validate_params(params))
-    assert list(params["runs"]["supervised"]) == [f"digits_20-supervised-{fold}" for fold in params["folds"]]
-    assert params["runs"]["semi_supervised"]["digits_20-fixmatch_cta-2"] == ["digits", "fixmatch_cta", "digits_20-2"]
+    assert [key for key in params["runs"] if "-supervised-" in key] == [f"digits_20-supervised-{fold}"
+                                                                       for fold in params["folds"]]
+    assert params["runs"]["digits_20-supervised-1"] == ["digits", "supervised", "digits_20-1"]
+    assert params["runs"]["digits_20-fixmatch_cta-2"] == ["digits", "fixmatch_cta", "digits_20-2"]
     stale = copy.deepcopy(params)
     stale["folds"] = [1]
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(stale))
-    with pytest.raises(ParamsError, match="runs = '...' .does not match cells, ssl_methods, da_cells and folds; "
+    with pytest.raises(ParamsError, match="runs = '...' .does not match cells, baseline, ssl_methods, cell_methods and folds; "
                                           "params.yaml is generated from conf/"):
         load_params(tmp_path / "params.yaml")
 

@@ -36,7 +36,7 @@ from fixmatch_bench.augment.weak import sample_weak
 from fixmatch_bench.train.memory import estimate
 from fixmatch_bench.train.run_log import RunLog
 from fixmatch_bench.core.compiled import static_compile
-from fixmatch_bench.train.step import draw_batch, fixmatch_step
+from fixmatch_bench.train.step import draw_batch, train_step
 from fixmatch_bench.train.trainer import Interrupted, StopRequest, train
 from test_trainer import _assert_same_run, _final_state, _train, workspace  # noqa: F401 (the digits fixture)
 
@@ -192,15 +192,15 @@ def test_no_host_synchronisation_inside_a_step(paper, method, record_property):
     """Between two logging steps a step never waits for the GPU: ``torch.cuda.set_sync_debug_mode``
     raises at the first synchronising call (``.item()``, a device-to-host copy, ``nonzero``...)."""
     under_test = _under_test(paper, "cifar10", method, SpeedOptions())
-    state, data, hp = under_test.state, under_test.data, under_test.hp
+    state, data, plan = under_test.state, under_test.data, under_test.plan
     log = RunLog(None, None, DEVICE)
     for step in range(1, 3):  # first steps build cached device constants
-        log.window.add(step, fixmatch_step(state, draw_batch(state, data, hp), hp))
+        log.window.add(step, train_step(state, draw_batch(state, data, plan), plan))
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
         for step in range(3, 6):
-            log.window.add(step, fixmatch_step(state, draw_batch(state, data, hp), hp))
+            log.window.add(step, train_step(state, draw_batch(state, data, plan), plan))
     finally:
         torch.cuda.set_sync_debug_mode("default")
     record_property("steps checked", 3)

@@ -20,7 +20,7 @@ import yaml
 from conftest import REPO, dvc, git, repo_on_suite
 from test_pipeline import MINI_SUITE
 
-TRAINING_STAGES = ("supervised@digits_20-supervised-1", "train@digits_20-fixmatch_ra-1")
+TRAINING_STAGES = ("train@digits_20-supervised-1", "train@digits_20-fixmatch_ra-1")
 
 
 @pytest.fixture(scope="module")
@@ -38,8 +38,8 @@ def test_returning_to_a_parameter_set_restores_every_run_from_the_run_cache(mini
     back = dvc(repo, "exp", "run", "aggregate", "-S", "threshold=0.95")
     output = back.stdout + back.stderr
     assert "Stage 'train@digits_20-fixmatch_ra-1' is cached - skipping run, checking out outputs" in output
-    assert "Stage 'supervised@digits_20-supervised-1' didn't change, skipping" in output
-    assert "Running stage 'train@" not in output and "Running stage 'supervised@" not in output
+    assert "Stage 'train@digits_20-supervised-1' didn't change, skipping" in output  # no threshold in its params
+    assert "Running stage 'train@" not in output  # every run, supervised included
     assert "error " not in output  # the trainer prints "<run>: error x %" whenever it runs
     assert (repo / "reports/results.csv").read_text() == first_table
     assert (repo / "models/digits_20-fixmatch_ra-1.pt").stat().st_size > 0  # the EMA weights came back too
@@ -143,7 +143,7 @@ def test_dvc_exp_show_lists_what_experiments_sweep_not_dataset_facts_or_every_ru
     assert not [column for column in columns if column.startswith("results/")]  # no per-run metrics
     facts = [column for column in columns if column.startswith("datasets.") and not column.endswith(".weight_decay")]
     assert not facts and "datasets.cifar100.weight_decay" in columns and "conf/datasets/digits.yaml" in columns
-    assert {"threshold", "train.steps", "augment.anchoring", "digits_20-fixmatch_ra"} <= set(columns)  # the summary
+    assert {"threshold", "train.steps", "methods.fixmatch_ra.anchoring", "digits_20-fixmatch_ra"} <= set(columns)  # the summary
     assert len(columns) <= 121, len(columns)  # 258 when the dataset table and every run's fields were columns
 
 
@@ -259,12 +259,15 @@ def test_each_stage_depends_on_every_project_module_its_script_imports():
             assert any(file == dep or dep in file.parents for dep in deps), f"{name}: {file.relative_to(REPO)}"
 
 
-def test_training_stages_share_one_definition_and_supervised_runs_ignore_the_threshold():
+def test_one_training_stage_trains_every_run_and_supervised_runs_ignore_the_threshold():
+    """Every run, supervised included, is a train@ stage; each depends on its own method's block, where the
+    FixMatch methods hold the threshold, and not on the top-level threshold."""
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
-    supervised, semi = stages["supervised"]["do"], stages["train"]["do"]
-    assert {key: value for key, value in supervised.items() if key != "params"} == \
-        {key: value for key, value in semi.items() if key != "params"}
-    assert semi["params"] == ["threshold", *supervised["params"]]
+    assert "supervised" not in stages and stages["train"]["foreach"] == "${runs}"
+    training = stages["train"]["do"]
+    assert training["params"] == ["train", "augment", "speed", "datasets.${item.0}", "methods.${item.1}"]
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    assert "threshold" not in params["methods"]["supervised"] and params["methods"]["fixmatch_ra"]["threshold"] == 0.95
 
 
 def test_a_fresh_copy_of_the_committed_files_has_no_changed_dependency_parameter_or_result(tmp_path):
@@ -303,6 +306,8 @@ def _workspace(repo: Path) -> dict[str, tuple[int, int]]:
 
 @pytest.mark.parametrize("edit, message", [
     (lambda p: p.update(threshold=1.5), "error: invalid params: threshold = 1.5 (must be a number in [0.0, 1.0])"),
+    (lambda p: p["methods"]["fixmatch_ra"].update(threshold=1.5),
+     "error: invalid params: methods.fixmatch_ra.threshold = 1.5 (must be a number in [0.0, 1.0])"),
     (lambda p: p.update(treshold=p.pop("threshold")), "error: invalid params: treshold = 0.95 (not a known key"),
     (lambda p: p["train"].update(steps=0), "train.steps = 0"),
     (lambda p: p["train"].update(lr=float("inf")), "error: invalid params: train.lr = inf (must be a finite number"),

@@ -41,7 +41,7 @@ def suite_file(mirror: str | None) -> str:
         "data": list(DATASETS),
         "cells": list(CELLS),
         "ssl_methods": ["fixmatch_ra"],
-        "da_cells": [],
+        "cell_methods": {},
         "train": TRAIN,
         "sources": {"mirror": mirror, "retries": 1, "timeout_s": 10, "backoff_s": 0.01},
         "datasets": {name: {"train_size": train, "test_size": test, "network": TINY_NETWORK,
@@ -103,7 +103,7 @@ def test_every_runs_lock_entry_records_the_hashes_of_its_split_and_prepared_data
         split_path = paper_repo / f"data/splits/{cell}-1.json"
         info = json.loads((paper_repo / f"data/prepared/{dataset}/info.json").read_text())
         assert json.loads(split_path.read_text())["dataset_sha256"] == info["sha256"]
-        for stage in (f"supervised@{cell}-supervised-1", f"train@{cell}-fixmatch_ra-1"):
+        for stage in (f"train@{cell}-supervised-1", f"train@{cell}-fixmatch_ra-1"):
             deps = {dep["path"]: dep for dep in lock[stage]["deps"]}
             assert deps[f"data/splits/{cell}-1.json"]["md5"] == hashlib.md5(split_path.read_bytes()).hexdigest()
             assert deps[f"data/prepared/{dataset}"]["md5"].endswith(".dir")

@@ -75,7 +75,7 @@ def test_two_queued_experiments_sharing_a_run_both_finish_with_the_metrics_of_se
     held = RunLock(folder)  # until both experiments' trainers wait for it: they then surely run at once
     assert held.try_acquire()
     for threshold in THRESHOLDS:
-        dvc(repo, "exp", "run", "--queue", "-S", f"threshold={threshold}", f"supervised@{SHARED}",
+        dvc(repo, "exp", "run", "--queue", "-S", f"threshold={threshold}", f"train@{SHARED}",
             "train@digits_20-fixmatch_ra-1")
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}  # the workers run `dvc`
     with open(tmp_path / "queue.log", "w") as log:  # not a pipe: the workers it starts would hold it open

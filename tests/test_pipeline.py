@@ -18,7 +18,6 @@ folds: [1]
 data: [digits]
 cells: [digits_20]
 ssl_methods: [fixmatch_ra]
-da_cells: []
 train:
   steps: 24
   batch: 8
@@ -123,11 +122,11 @@ def test_an_ablation_variant_is_its_own_stage_and_computes_what_the_changed_para
     what an experiment with that param changed trains, and aggregate draws the axis."""
     dvc(baselined_repo, "exp", "run", "-S", "threshold=0.5")
     changed = json.loads((baselined_repo / "results/digits_20-fixmatch_ra-1/metrics.json").read_text())
-    done = dvc(baselined_repo, "exp", "run", "-S", "+ablations.threshold=[{threshold: 0.5}, {threshold: 0.8}]")
+    done = dvc(baselined_repo, "exp", "run", "-S", "+ablations.threshold=[{method.threshold: 0.5}, {method.threshold: 0.8}]")
     ran = {line.split("'")[1] for line in done.stdout.splitlines() if line.startswith("Running stage")}
-    assert {"train@digits_20-fixmatch_ra-1+threshold=0.5", "train@digits_20-fixmatch_ra-1+threshold=0.8"} <= ran
+    assert {"train@digits_20-fixmatch_ra-1+method.threshold=0.5", "train@digits_20-fixmatch_ra-1+method.threshold=0.8"} <= ran
     assert "train@digits_20-fixmatch_ra-1" not in ran  # the protocol's run comes back from the run-cache
-    variant = json.loads((baselined_repo / "results/digits_20-fixmatch_ra-1+threshold=0.5/metrics.json").read_text())
+    variant = json.loads((baselined_repo / "results/digits_20-fixmatch_ra-1+method.threshold=0.5/metrics.json").read_text())
     timings = {"wall_time_s", "steps_per_s"}
     assert {k: v for k, v in variant.items() if k not in timings} == {k: v for k, v in changed.items() if k not in timings}
     table = (baselined_repo / "reports/ablation/ablation.md").read_text()

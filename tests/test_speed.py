@@ -16,7 +16,8 @@ from fixmatch_bench.core.errors import ParamsError
 from fixmatch_bench.core.params import validate_params
 from fixmatch_bench.core.runs import Run
 from fixmatch_bench.train.evaluation import accuracy
-from fixmatch_bench.train.fixmatch import Batch, fixmatch_loss
+from fixmatch_bench.methods.base import Batch
+from fixmatch_bench.methods.fixmatch import FixMatchParams, fixmatch_loss
 from fixmatch_bench.train.optim import make_optimizer
 from fixmatch_bench.train.speed import SpeedOptions, fast_forward, prepare_model, set_float32_precision
 from fixmatch_bench.train.trainer import train
@@ -159,7 +160,14 @@ def test_compiled_model_forward_and_backward_match_eager():
 def _batch(channels: int = 1) -> Batch:
     data = torch.Generator().manual_seed(3)
     images = torch.rand(8 + 16 + 16, channels, 16, 16, generator=data) * 2 - 1
-    return Batch(labeled=images[:8], targets=torch.arange(8) % 10, weak=images[8:24], strong=images[24:])
+    return Batch(labeled=images[:8], targets=torch.arange(8) % 10, unlabeled=(images[8:24], images[24:]))
+
+
+def _params(threshold: float) -> FixMatchParams:
+    """The protocol's FixMatch block at ``threshold``, lambda_u = 1."""
+    return FixMatchParams(impl="fixmatch", strong="randaugment", threshold=threshold, unlabeled_weight=1.0,
+                          temperature=1.0, soft_targets=False, pseudo_labels_from="model", anchoring="weak.strong",
+                          distribution_alignment=False)
 
 
 def test_weak_no_grad_is_exact_for_a_network_without_batch_statistics():
@@ -167,9 +175,9 @@ def test_weak_no_grad_is_exact_for_a_network_without_batch_statistics():
     model = nn.Sequential(nn.Flatten(), nn.Linear(256, 10))
     nn.init.normal_(model[1].weight, std=0.5)  # confident enough that some pseudo-labels pass the threshold
     batch = _batch()
-    loss, logs = fixmatch_loss(model, batch, 0.5, 1.0)
+    loss, logs = fixmatch_loss(model, batch, _params(0.5))
     grads = torch.autograd.grad(loss, list(model.parameters()))
-    loss_ng, logs_ng = fixmatch_loss(model, batch, 0.5, 1.0, weak_no_grad=True)
+    loss_ng, logs_ng = fixmatch_loss(model, batch, _params(0.5), weak_no_grad=True)
     grads_ng = torch.autograd.grad(loss_ng, list(model.parameters()))
     assert 0 < logs["mask_rate"] < 1
     assert torch.allclose(loss, loss_ng) and torch.equal(logs["mask_rate"], logs_ng["mask_rate"])
@@ -179,8 +187,8 @@ def test_weak_no_grad_is_exact_for_a_network_without_batch_statistics():
 def test_weak_no_grad_changes_batchnorm_statistics_so_it_changes_the_algorithm():
     model, batch = _small_model().train(), _batch()
     separate = copy.deepcopy(model)
-    fixmatch_loss(model, batch, 0.95, 1.0)
-    fixmatch_loss(separate, batch, 0.95, 1.0, weak_no_grad=True)
+    fixmatch_loss(model, batch, _params(0.95))
+    fixmatch_loss(separate, batch, _params(0.95), weak_no_grad=True)
     running = [name for name, _ in model.named_buffers() if name.endswith("running_mean")]
     buffers, separate_buffers = dict(model.named_buffers()), dict(separate.named_buffers())
     assert not all(torch.allclose(buffers[name], separate_buffers[name]) for name in running)

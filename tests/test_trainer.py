@@ -174,11 +174,11 @@ def test_other_settings_get_their_own_checkpoint_and_the_interrupted_run_still_r
     with pytest.raises(Interrupted):
         _train(workspace, "settings", "fixmatch_ra", stop=StopRequest(after_step=3))
     changed = copy.deepcopy(params)
-    changed["threshold"] = 0.5
+    changed["methods"]["fixmatch_ra"]["threshold"] = 0.5
     other = _train(workspace, "settings", "fixmatch_ra", params=changed)
     assert other["steps"] == 12 and len(_checkpoint_dirs(workspace, "settings")) == 2
     states = [torch.load(d / "state.pt", weights_only=True) for d in _checkpoint_dirs(workspace, "settings")]
-    assert sorted((s["fingerprint"]["threshold"], s["step"]) for s in states) == [(0.5, 12), (0.95, 3)]
+    assert sorted((s["fingerprint"]["method"]["threshold"], s["step"]) for s in states) == [(0.5, 12), (0.95, 3)]
     resumed = _train(workspace, "settings", "fixmatch_ra")
     straight = _train(workspace, "settings_straight", "fixmatch_ra")
     assert resumed["error"] == straight["error"] and _curves(workspace, "settings") == _curves(workspace, "settings_straight")

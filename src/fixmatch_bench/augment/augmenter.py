@@ -119,9 +119,17 @@ class Augmenter:
         """Strong view of ``images[share]``: an independent weak view, then the policy, then cutout."""
         self._check(images, generator)
         weak = self._weak(images, generator, share)
-        n, _, height, width = images.shape
+        return self._policy(weak, images.shape, generator, share)
+
+    def policy(self, weak: Tensor, generator: torch.Generator, share: slice = ALL) -> Tensor:
+        """The strong policy (then cutout) on ``weak[share]``, images that already are a weak view."""
+        self._check(weak, generator)
+        return self._policy(weak[share], weak.shape, generator, share)
+
+    def _policy(self, weak_share: Tensor, shape: torch.Size, generator: torch.Generator, share: slice) -> Tensor:
+        n, _, height, width = shape
         ops, args, fill = self._strong_steps(n, height, width, generator)
-        return self._apply(weak, ops[share], args[share], fill, self._strong_vocabulary())
+        return self._apply(weak_share, ops[share], args[share], fill, self._strong_vocabulary())
 
     def probe(self, images: Tensor, generator: torch.Generator, share: slice = ALL) -> tuple[Tensor, Tensor]:
         """CTAugment only; raises RuntimeError for the other kinds."""

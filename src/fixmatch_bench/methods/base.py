@@ -38,6 +38,9 @@ class RunContext:
 
     num_classes: int
     class_distribution: Tensor  # the labeled split's class frequencies, on the run's device
+    steps: int  # train.steps, what ramps are fractions of
+    batch: int  # train.batch (the official schedules count images: step * batch)
+    seed: int  # the run's seed (train.seed * 1000 + fold), for a method's own generators
     weak_no_grad: bool  # speed.weak_no_grad (ALGORITHM-CHANGING): the weak view in its own no_grad forward
 
 
@@ -55,8 +58,15 @@ class Method:
     """A training method. Subclasses set :attr:`Params` and override what they need.
 
     - :attr:`views`: the unlabeled views drawn per step, in order (``()``: labeled data only);
+    - :meth:`uratio`: unlabeled images per labeled image in a step (default ``train.uratio``);
     - :attr:`strong`: the strong policy the ``"strong"`` views use (``randaugment``, ``ctaugment``);
     - :attr:`needs_teacher`: whether :meth:`loss` receives the EMA model's forward;
+    - :attr:`heads`: extra dense heads on the network's pooled features, ``{name: outputs}``
+      (``forward(x, head=name)``; trained, averaged and saved with the network);
+    - :attr:`labeled_view`: the labeled batch's view (``"weak"``; ``"strong"``: the strong policy
+      applied to the weak view, which CTAugment's probes start from);
+    - :attr:`strong_cutout`: whether the strong policy ends with its cutout (``augment.strong_branch``);
+    - :meth:`lr`, :meth:`weight_decay`: the optimizer's (default ``train.lr`` and the dataset's);
     - :meth:`build_state`: per-run state saved in checkpoints (a module of buffers), or None;
     - :meth:`loss`: the loss to minimise and detached tensors to log, a function of its arguments
       (compiled with the forward under ``speed.compile: step``);
@@ -77,9 +87,30 @@ class Method:
     def strong(self) -> str:
         return "none"
 
+    def uratio(self, params: Params) -> int:
+        return params.train.uratio
+
     @property
     def needs_teacher(self) -> bool:
         return False
+
+    @property
+    def heads(self) -> dict[str, int]:
+        return {}
+
+    @property
+    def labeled_view(self) -> View:
+        return "weak"
+
+    @property
+    def strong_cutout(self) -> bool:
+        return True
+
+    def lr(self, params: Params) -> float:
+        return params.train.lr
+
+    def weight_decay(self, params: Params, dataset: str) -> float:
+        return params.datasets[dataset].weight_decay
 
     def build_state(self, context: RunContext) -> nn.Module | None:
         return None
@@ -92,7 +123,7 @@ class Method:
         return None
 
     def check(self, params: Params) -> None:
-        if self.views and params.train.uratio == 0:
+        if self.views and self.uratio(params) == 0:
             self.refuse_no_unlabeled_loss("train.uratio", 0)
 
     def refuse_no_unlabeled_loss(self, key: str, value: float) -> None:

@@ -24,6 +24,12 @@ from .base import Method
 BUILT_IN = {
     "supervised": "fixmatch_bench.methods.supervised:Supervised",
     "fixmatch": "fixmatch_bench.methods.fixmatch:FixMatch",
+    "pi_model": "fixmatch_bench.methods.pi_model:PiModel",
+    "pseudo_labeling": "fixmatch_bench.methods.pseudo_labeling:PseudoLabeling",
+    "mean_teacher": "fixmatch_bench.methods.mean_teacher:MeanTeacher",
+    "uda": "fixmatch_bench.methods.uda:UDA",
+    "mixmatch": "fixmatch_bench.methods.mixmatch:MixMatch",
+    "remixmatch": "fixmatch_bench.methods.remixmatch:ReMixMatch",
 }
 ENTRY_POINT_GROUP = "fixmatch_bench.methods"
 VIEWS = ("weak", "strong")

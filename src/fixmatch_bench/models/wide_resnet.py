@@ -14,6 +14,7 @@ normalisation inside the network (``--whiten=False`` in the official code).
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import torch
 import torch.nn.functional as F
@@ -141,6 +142,7 @@ class WideResNet(nn.Module):
         bn_eps: float = 1e-3,
         leaky_slope: float = 0.1,
         padding: str = "tf",
+        heads: Mapping[str, int] | None = None,
     ):
         super().__init__()
         _require(num_classes >= 1, "num_classes", num_classes, "an integer >= 1")
@@ -177,11 +179,15 @@ class WideResNet(nn.Module):
         self.blocks = nn.Sequential(*blocks)
         self.bn = nn.BatchNorm2d(channels, momentum=bn_momentum, eps=bn_eps)
         self.fc = nn.Linear(channels, num_classes)
+        # Extra dense heads on the same pooled features that a method asks for (ReMixMatch's rotation):
+        # ``forward(x, head=name)``. None by default, and then the model is exactly the official one.
+        self.heads = nn.ModuleDict({name: nn.Linear(channels, outputs) for name, outputs in (heads or {}).items()})
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         """The official initialisers: conv N(0, sqrt(2/(k*k*f_out))), dense TF1
-        glorot_normal, all biases 0, BN gamma 1 / beta 0."""
+        glorot_normal (the extra heads too, as ReMixMatch's ``classify_rot``), all biases 0,
+        BN gamma 1 / beta 0."""
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
                 k = module.kernel_size[0] * module.kernel_size[1]
@@ -193,10 +199,12 @@ class WideResNet(nn.Module):
             elif isinstance(module, nn.BatchNorm2d):
                 module.reset_parameters()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, head: str | None = None) -> torch.Tensor:
+        """The class logits, or those of the extra head ``head``."""
         h = self.blocks(self.stem(x))
         h = F.leaky_relu(self.bn(h), self.leaky_slope)
-        return self.fc(h.mean(dim=(2, 3)))
+        features = h.mean(dim=(2, 3))
+        return self.fc(features) if head is None else self.heads[head](features)
 
 
 def tf_glorot_normal_(weight: torch.Tensor) -> torch.Tensor:

@@ -139,7 +139,7 @@ def _empty(axes: Axes) -> None:
     axes.text(0.5, 0.5, "no finished runs", transform=axes.transAxes, ha="center", va="center", color="gray")
 
 
-def plot_error_curves(curves: Mapping[CurveKey, Mapping[int, Curve]], published: Published, out: str | Path) -> Path:
+def plot_error_curves(curves: Mapping[CurveKey, Mapping[int, Curve]], published: Published, out: str | Path) -> Figure:
     """Test error vs training step, one panel per cell; dashed lines are published means."""
     cells = _cells_in_order(curves)
     colors = _colors(_methods_in_order(curves))
@@ -167,10 +167,11 @@ def plot_error_curves(curves: Mapping[CurveKey, Mapping[int, Curve]], published:
         axes.grid(alpha=0.3)
         if axes.get_legend_handles_labels()[0]:
             axes.legend(fontsize="small")
-    return save_figure(figure, out)
+    save_figure(figure, out)
+    return figure
 
 
-def plot_error_vs_labels(cells: Sequence[CellResult], published: Published, out: str | Path) -> Path:
+def plot_error_vs_labels(cells: Sequence[CellResult], published: Published, out: str | Path) -> Figure:
     """Final error vs number of labels, one panel per dataset: ours (mean ± std) vs paper."""
     datasets = list(dict.fromkeys(cell.dataset for cell in cells))
     colors = _colors(list(dict.fromkeys(cell.method for cell in cells)))
@@ -203,12 +204,41 @@ def plot_error_vs_labels(cells: Sequence[CellResult], published: Published, out:
             axes.legend(fontsize="small")
         else:
             _empty(axes)
-    return save_figure(figure, out)
+    save_figure(figure, out)
+    return figure
+
+
+def plot_methods(cells: Sequence[CellResult], published: Published, out: str | Path) -> Figure:
+    """Error per method, one panel per cell: each fold's error as a dot, the mean over folds as a bar,
+    and the published mean as a hollow square where the paper has one."""
+    keys = list(dict.fromkeys((cell.dataset, cell.labels) for cell in cells))
+    methods = list(dict.fromkeys(cell.method for cell in cells))
+    colors = _colors(methods)
+    figure, rows, columns = _figure(len(keys))
+    for index, (dataset, labels) in enumerate(keys):
+        axes = figure.add_subplot(rows, columns, index + 1)
+        mine = {cell.method: cell for cell in cells if (cell.dataset, cell.labels) == (dataset, labels)}
+        for x, method in enumerate(methods):
+            cell = mine.get(method)
+            if cell is not None and cell.mean is not None:
+                axes.bar(x, cell.mean, color=colors[method], alpha=0.35, width=0.6)
+                errors = [cell.fold_errors[fold] for fold in sorted(cell.fold_errors)]
+                axes.plot([x] * len(errors), errors, "o", color=colors[method], markersize=4)
+            result = published.get(cell_id(dataset, labels), method)
+            if result is not None:
+                axes.plot(x, result.mean, "s", markerfacecolor="none", color="black", markersize=7)
+        axes.set_xticks(range(len(methods)), [published.names.method(m) for m in methods], rotation=30, ha="right")
+        axes.set_title(f"{published.names.cell(dataset, labels)}: test error per method "
+                       "(bar: mean over folds, dots: folds, square: paper)")
+        axes.set_ylabel("test error (%)")
+        axes.grid(alpha=0.3, axis="y")
+    save_figure(figure, out)
+    return figure
 
 
 def plot_training_signals(mask_rate: Mapping[CurveKey, Mapping[int, Curve]],
                           pseudo_label_accuracy: Mapping[CurveKey, Mapping[int, Curve]],
-                          published: Published, out: str | Path) -> Path:
+                          published: Published, out: str | Path) -> Figure:
     """Mask rate above pseudo-label accuracy over training, one pair of panels per cell.
 
     Supervised-only runs have neither curve; their entries are empty and draw nothing.
@@ -238,7 +268,8 @@ def plot_training_signals(mask_rate: Mapping[CurveKey, Mapping[int, Curve]],
             axes.set_ylabel(ylabel)
             axes.set_ylim(0, 100)
             axes.grid(alpha=0.3)
-    return save_figure(figure, out)
+    save_figure(figure, out)
+    return figure
 
 
 def save_figure(figure: Figure, out: str | Path) -> Path:

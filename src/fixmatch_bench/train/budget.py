@@ -34,8 +34,9 @@ def workload(params: Params, run: Run) -> str:
     params = run_params(params, run)
     facts, method, train = params.datasets[run.dataset], build_method(params, run.method), params.train
     network = facts.network
-    views = method.strong if method.views and train.uratio > 0 else "supervised"
-    unlabeled = f", mu={train.uratio}" if views != "supervised" else ""
+    uratio = method.uratio(params)
+    views = method.strong if method.views and uratio > 0 else "supervised"
+    unlabeled = f", mu={uratio}" if views != "supervised" else ""
     return (f"ResNet filters={network.filters} scales={network.scales} repeat={network.repeat}, "
             f"{facts.channels}x{facts.image_size}x{facts.image_size}, {views}, B={train.batch}{unlabeled}")
 
@@ -72,8 +73,8 @@ def refuse_unaffordable(params: Params, run: Run, device: torch.device, world_si
     needed = estimate(params, run)
     share = MemoryEstimate(needed.resident, needed.activations_per_image, -(-needed.images_per_step // world_size))
     if share.total > available:
-        views = len(build_method(params, run.method).views)
-        fits = share.largest_batch(available, params.train.uratio, views) * world_size
+        method = build_method(params, run.method)
+        fits = share.largest_batch(available, method.uratio(params), len(method.views)) * world_size
         raise ParamsError(f"invalid params: train.batch = {params.train.batch} (needs at least "
                           f"{share.total / GIB:.1f} GiB on {name}, which has {available / GIB:.1f} GiB: "
                           f"a batch of at most {fits} fits)")

@@ -67,14 +67,15 @@ def _activations_per_image(network: tuple, channels: int, size: int, classes: in
 def estimate(params: Params, run: Run) -> MemoryEstimate:
     """The lower bound for ``run`` (its dataset's network and image size, the method's views, the batch)."""
     facts, train = params.datasets[run.dataset], params.train
-    views = len(build_method(params, run.method).views)
+    method = build_method(params, run.method)
+    views = len(method.views)
     image = facts.channels * facts.image_size ** 2
     unlabeled_pool = facts.train_size + facts.unlabeled_size if facts.unlabeled_size else 0  # a copy with extras
     data = (facts.train_size + unlabeled_pool + facts.test_size) * image
     model = WideResNet(num_classes=facts.num_classes, in_channels=facts.channels, **facts.network.kwargs())
     weights = sum(parameter.numel() for parameter in model.parameters()) * FLOAT32
     optimizer_state = 2 if train.optimizer == "adam" else 1
-    images = train.batch * (1 + views * train.uratio)
+    images = train.batch * (1 + views * method.uratio(params))
     per_image = _activations_per_image(tuple(sorted(facts.network.kwargs().items())), facts.channels,
                                        facts.image_size, facts.num_classes)
     return MemoryEstimate(resident=data + weights * (3 + optimizer_state), activations_per_image=per_image,

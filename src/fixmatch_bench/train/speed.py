@@ -89,10 +89,10 @@ class FastForward(nn.Module):
         self.autocast_bf16 = autocast_bf16
         self.train(module.training)  # mirror the wrapped module's mode (the EMA model stays in eval)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, head: str | None = None) -> Tensor:
         x = x.contiguous(memory_format=self.memory_format)
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.autocast_bf16):
-            logits = self.module(x)
+            logits = self.module(x) if head is None else self.module(x, head=head)
         return logits.float()
 
 

@@ -86,10 +86,12 @@ def build_state(params: Params, run: Run, method: Method, data: RunData, device:
     set_determinism(speed)
     if speed.compiles:
         torch.compiler.reset()  # compile afresh: the same graphs whether this process trained other runs or not
-    model = WideResNet(num_classes=facts.num_classes, in_channels=facts.channels, **facts.network.kwargs()).to(device)
+    model = WideResNet(num_classes=facts.num_classes, in_channels=facts.channels, heads=method.heads,
+                       **facts.network.kwargs()).to(device)
     prepare_model(model, speed)
     ema = ModelEMA(model, train.ema)
-    optimizer = build_optimizer(model, train.optimizer, train.lr, facts.weight_decay, momentum=train.momentum,
+    optimizer = build_optimizer(model, train.optimizer, method.lr(params), method.weight_decay(params, run.dataset),
+                                momentum=train.momentum,
                                 nesterov=train.nesterov, beta1=train.adam_beta1, beta2=train.adam_beta2,
                                 **speed.optimizer_kwargs())
     augmenter = _augmenter(params, run, method)
@@ -99,11 +101,12 @@ def build_state(params: Params, run: Run, method: Method, data: RunData, device:
     return TrainState(
         model=model, ema=ema, optimizer=optimizer, augmenter=augmenter,
         method=method,
-        method_state=method.build_state(RunContext(facts.num_classes, data.class_distribution, speed.weak_no_grad)),
+        method_state=method.build_state(RunContext(facts.num_classes, data.class_distribution, train.steps,
+                                                   train.batch, seed + 2, speed.weak_no_grad)),
         sample_generator=sample_generator,
         augment_generator=torch.Generator(device=device).manual_seed(seed + 1),
         labeled_stream=IndexStream(len(data.labeled_targets), train.batch, sample_generator),
-        unlabeled_stream=IndexStream(len(data.unlabeled_targets), train.batch * train.uratio, sample_generator),
+        unlabeled_stream=IndexStream(len(data.unlabeled_targets), train.batch * method.uratio(params), sample_generator),
         # EMA, probes and checkpoints use the plain modules; training goes through DDP when distributed.
         forward=fast_forward(world.wrap(model), speed, training=True),
         ema_forward=fast_forward(ema.module, speed),
@@ -118,7 +121,17 @@ def _augmenter(params: Params, run: Run, method: Method) -> Augmenter:
                {"ra_translate_scale": facts.ra_translate_scale} if method.strong == "randaugment" else {})
     return make_augmenter(strong=method.strong, impl=params.augment.impl, flip=facts.flip, translate=facts.translate,
                           cutout=facts.cta_cutout if method.strong == "ctaugment" else facts.ra_cutout,
-                          strong_branch=params.augment.strong_branch if method.views else "full", **options)
+                          strong_branch=_strong_branch(params, method), **options)
+
+
+def _strong_branch(params: Params, method: Method) -> str:
+    """``augment.strong_branch`` for a method that draws unlabeled views, without the cutout where the
+    method's policy has none (ReMixMatch's CTAugment pool)."""
+    if not method.views and method.labeled_view == "weak":
+        return "full"
+    if not method.strong_cutout and params.augment.strong_branch == "full":
+        return "no_cutout"
+    return params.augment.strong_branch
 
 
 def _global_rng_states() -> dict:

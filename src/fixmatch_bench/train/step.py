@@ -31,6 +31,7 @@ class StepPlan:
     lr_end: float
     steps: int
     views: tuple[View, ...]  # the unlabeled views the method draws, in order; () without unlabeled data
+    labeled_view: View
     ctaugment: bool  # update CTAugment's rates from the EMA model's predictions on probe images
     lr_as_tensor: bool
     labeled_share: slice  # this rank's part of the global labeled batch
@@ -38,14 +39,14 @@ class StepPlan:
 
     @classmethod
     def build(cls, params: Params, method: Method, world: World = SINGLE_PROCESS) -> StepPlan:
-        train = params.train
-        views = method.views if train.uratio > 0 else ()
+        train, uratio = params.train, method.uratio(params)
+        views = method.views if uratio > 0 else ()
         # with only_cutout no view uses CTAugment: its rates would change nothing the model sees
         ctaugment = method.strong == "ctaugment" and params.augment.strong_branch != "only_cutout"
-        return cls(lr=train.lr, lr_schedule=train.lr_schedule, lr_end=train.lr_end or 0.0, steps=train.steps,
-                   views=views, ctaugment=ctaugment, lr_as_tensor=params.speed.lr_as_tensor,
+        return cls(lr=method.lr(params), lr_schedule=train.lr_schedule, lr_end=train.lr_end or 0.0, steps=train.steps,
+                   views=views, labeled_view=method.labeled_view, ctaugment=ctaugment, lr_as_tensor=params.speed.lr_as_tensor,
                    labeled_share=world.share(train.batch, "train.batch"),
-                   unlabeled_share=world.share(train.batch * train.uratio, "train.batch * train.uratio"))
+                   unlabeled_share=world.share(train.batch * uratio, "train.batch * train.uratio"))
 
 
 @dataclass(frozen=True)
@@ -59,12 +60,15 @@ class Drawn:
 def draw_batch(state: TrainState, data: RunData, plan: StepPlan) -> Drawn:
     """The next global batch, drawn the same on every rank, with this rank's share augmented.
 
-    The labeled images get a weak view; the unlabeled images one view per entry of
-    ``plan.views`` (weak or strong), each from its own draws, in that order.
+    The labeled images get a weak view (and the strong policy on it where the method trains a
+    strong labeled view); the unlabeled images one view per entry of ``plan.views`` (weak or
+    strong), each from its own draws, in that order.
     """
     labeled_index = state.labeled_stream.next()
     labeled = state.augmenter.weak(data.labeled_images[labeled_index], state.augment_generator)
-    batch = Batch(labeled=to_model_input(labeled[plan.labeled_share]),
+    shown = (state.augmenter.policy(labeled, state.augment_generator, plan.labeled_share) if plan.labeled_view == "strong"
+             else labeled[plan.labeled_share])
+    batch = Batch(labeled=to_model_input(shown),
                   targets=data.labeled_targets[labeled_index][plan.labeled_share])
     if plan.views:
         index = state.unlabeled_stream.next()
