@@ -61,9 +61,9 @@ def test_the_paper_ablation_suite_composes_every_axis_on_cifar10_250():
     ({"a": [{"method.threshold": 1.5}]},
      "invalid params: ablations.a[0]: methods.fixmatch_ra.threshold = 1.5 (must be a number in [0.0, 1.0])"),
     ({"a": [{"threshold": 0.5}]}, "invalid params: ablations.a[0]: threshold = 0.5 (not a params value an ablation "
-                                  "can change (one of method, train, augment, speed, datasets, e.g. threshold, train.lr))"),
+                                  "can change (one of method, train, augment, speed, datasets, e.g. method.threshold, train.lr))"),
     ({"a": [{"folds": 3}]}, "invalid params: ablations.a[0]: folds = 3 (not a params value an ablation can change "
-                            "(one of method, train, augment, speed, datasets, e.g. threshold, train.lr))"),
+                            "(one of method, train, augment, speed, datasets, e.g. method.threshold, train.lr))"),
     ({"a": [{"train.lr_schedule": "linear"}]},
      "invalid params: ablations.a[0]: train.lr_end = None (a number with lr_schedule: linear, null with linear)"),
     ({"a": [{"train.lr": 0.1}], "b-c": [{"method.threshold": 0.5}]},

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from conftest import REPO, digits_workspace, dvc, git, repo_on_suite
+from conftest import REPO, digits_workspace, dvc, repo_on_suite
 from fixmatch_bench.tools.compose import write_params
 from fixmatch_bench.core.params import load_params
 from fixmatch_bench.core.runs import Run
@@ -50,16 +50,17 @@ def _sequential_metrics(workspace: Path, repo: Path, threshold: float, run: str)
 
 
 def _experiment_metrics(repo: Path) -> dict[float, dict[str, dict]]:
-    """Each queued experiment's runs' metrics, by its threshold, from the experiment's commit
-    (the runs' metrics.json are git-tracked outputs)."""
+    """Each queued experiment's runs' metrics, by its threshold: `dvc exp show` names each run's
+    metrics.json (a DVC-cached output) by its hash in DVC's cache."""
     shown = json.loads(dvc(repo, "exp", "show", "--json").stdout)
     result = {}
     for experiment in (exp for rev in shown for exp in rev.get("experiments") or []):
-        commit = experiment["revs"][0]
-        threshold = commit["data"]["params"]["params.yaml"]["data"]["threshold"]
-        runs = git(repo, "ls-tree", "--name-only", f"{commit['rev']}:results").stdout.split()
-        result[threshold] = {run: json.loads(git(repo, "show", f"{commit['rev']}:results/{run}/metrics.json").stdout)
-                             for run in runs}
+        data = experiment["revs"][0]["data"]
+        threshold = data["params"]["params.yaml"]["data"]["threshold"]
+        digests = {path.split("/")[1]: out["hash"] for path, out in data["outs"].items()
+                   if path.startswith("results/") and path.endswith("/metrics.json")}
+        result[threshold] = {run: json.loads((repo / ".dvc/cache/files/md5" / digest[:2] / digest[2:]).read_text())
+                             for run, digest in digests.items()}
     return result
 
 

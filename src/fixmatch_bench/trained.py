@@ -18,6 +18,7 @@ from torch import nn
 
 from .core.params import load_params, parse_run, run_params
 from .data.prepared import load_prepared
+from .methods.registry import run_method
 from .train.evaluation import accuracy
 from .models.wide_resnet import WideResNet
 
@@ -26,8 +27,10 @@ def load_model(run: str, models: str | Path = "models", params: str | Path = "pa
     """The EMA model of ``run`` (``<cell>-<method>-<fold>``) in eval mode, on the CPU."""
     suite = load_params(params)
     parsed = parse_run(run, suite)
-    facts = run_params(suite, parsed).datasets[parsed.dataset]
-    model = WideResNet(num_classes=facts.num_classes, in_channels=facts.channels, **facts.network.kwargs())
+    run_suite = run_params(suite, parsed)
+    facts = run_suite.datasets[parsed.dataset]
+    heads = run_method(run_suite, parsed.method).heads  # a method's extra heads (ReMixMatch's rotation)
+    model = WideResNet(num_classes=facts.num_classes, in_channels=facts.channels, heads=heads, **facts.network.kwargs())
     model.load_state_dict(torch.load(Path(models) / f"{parsed.key}.pt", map_location="cpu", weights_only=True))
     return model.eval()
 

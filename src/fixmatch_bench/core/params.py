@@ -47,7 +47,7 @@ def with_variant(params: Params, variant: Mapping[str, Scalar] | tuple[tuple[str
         if (parts[0] not in VARIANT_BLOCKS or not isinstance(node, dict) or parts[-1] not in node
                 or isinstance(node[parts[-1]], (dict, list))):
             fail(f"{where}: {dotted}", value, f"not a params value an ablation can change (one of "
-                                              f"{', '.join(VARIANT_BLOCKS)}, e.g. threshold, train.lr)")
+                                              f"{', '.join(VARIANT_BLOCKS)}, e.g. method.threshold, train.lr)")
         if isinstance(value, str) and (not WORD.match(value) or parse_value(value) != value):
             fail(f"{where}: {dotted}", value, "a string variant value must be a word (letters, digits, _ and .)")
         node[parts[-1]] = value

@@ -74,6 +74,14 @@ def _value(data: Mapping[str, Any], dotted: str) -> Any:
     return data
 
 
+def _settings(params: Params, changes: Mapping[str, Any], keys: Sequence[str], method: str,
+              axis: str) -> dict[str, Any]:
+    """The values of the axis's ``keys`` in the run's params (``method.<key>``: the run's method block)."""
+    values = (with_variant(params, changes, where=f"ablations.{axis}", method=method) if changes else params).model_dump()
+    return {key: _value(values, f"methods.{method}.{key.removeprefix('method.')}" if key.startswith("method.") else key)
+            for key in keys}
+
+
 def axis_keys(variants: Sequence[Mapping[str, Any]]) -> list[str]:
     """The params an axis changes, in first-seen order."""
     return list(dict.fromkeys(key for variant in variants for key in variant))
@@ -87,11 +95,10 @@ def suite_points(params: Params, axis: str, results_dir: str | Path) -> list[Abl
     bases = [run for run in expected_runs(params) if run.method in params.ssl_methods]
     points = []
     for changes in [{}, *variants]:
-        values = (with_variant(params, changes, where=f"ablations.{axis}") if changes else params).model_dump()
-        settings = {key: _value(values, key) for key in keys}
         for series in dict.fromkeys(run.name for run in bases):
             runs = [Run(run.dataset, run.labels, run.method, run.fold, tuple(changes.items()))
                     for run in bases if run.name == series]
+            settings = _settings(params, changes, keys, runs[0].method, axis)
             results = [result for result in (load_run(run, results_dir) for run in runs) if result is not None]
             masks = [result.mask_rate for result in results if result.mask_rate is not None]
             points.append(AblationPoint(
