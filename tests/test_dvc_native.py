@@ -50,10 +50,21 @@ LONGER_SUITE = (MINI_SUITE.replace("steps: 24", f"steps: {LONGER_STEPS}").replac
                 .replace("checkpoint_every: 16", "checkpoint_every: 8"))
 
 
-def _trainers(run: str) -> list[str]:
-    """PIDs of the Python processes training ``run``; not a ``/bin/sh -c`` that DVC may keep above one."""
+def _trainers(run: str, checkpoints: Path) -> list[str]:
+    """PIDs of this test's Python processes training ``run`` (those whose checkpoints go to its
+    ``checkpoints``: never another session's trainer of the same run); not a ``/bin/sh -c`` that DVC
+    may keep above one."""
     pattern = f"^[^ ]*python[^ ]* pipeline/train.py {run}"
-    return subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout.split()
+    found = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout.split()
+    return [pid for pid in found if _environment(pid).get("FIXMATCH_CHECKPOINTS") == str(checkpoints)]
+
+
+def _environment(pid: str) -> dict[str, str]:
+    try:
+        entries = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:  # it ended meanwhile
+        return {}
+    return dict(entry.decode(errors="replace").partition("=")[::2] for entry in entries if b"=" in entry)
 
 
 def _wait_for_a_checkpoint(checkpoints: Path, run: str, since: float = 0.0) -> None:
@@ -79,13 +90,13 @@ def test_stopping_dvc_repro_stops_its_trainer_and_the_next_repro_resumes_it(tmp_
             first = subprocess.Popen([sys.executable, "-m", "dvc", "repro", "train@digits_20-fixmatch_ra-1"],
                                      cwd=repo, env=env, stdout=log, stderr=subprocess.STDOUT)
             _wait_for_a_checkpoint(checkpoints, "digits_20-fixmatch_ra-1", since=started)
-            assert _trainers("digits_20-fixmatch_ra-1"), log_path.read_text()
+            assert _trainers("digits_20-fixmatch_ra-1", checkpoints), log_path.read_text()
             first.send_signal(signal.SIGTERM)
             first.wait(timeout=60)
         deadline = time.monotonic() + 60
-        while _trainers("digits_20-fixmatch_ra-1") and time.monotonic() < deadline:
+        while _trainers("digits_20-fixmatch_ra-1", checkpoints) and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert not _trainers("digits_20-fixmatch_ra-1"), f"the trainer outlived dvc under {shell}"
+        assert not _trainers("digits_20-fixmatch_ra-1", checkpoints), f"the trainer outlived dvc under {shell}"
         assert "stopped by SIGTERM at step" in log_path.read_text()
         assert attempt == 0 or "digits_20-fixmatch_ra-1: resuming at step" in log_path.read_text()
     again = dvc(repo, "repro", "train@digits_20-fixmatch_ra-1")
@@ -104,7 +115,7 @@ def test_an_interrupted_temp_experiment_resumes_from_its_checkpoint_when_run_aga
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     first = subprocess.Popen(command, cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     _wait_for_a_checkpoint(checkpoints, "digits_20-fixmatch_ra-1")
-    trainer = _trainers("digits_20-fixmatch_ra-1")
+    trainer = _trainers("digits_20-fixmatch_ra-1", checkpoints)
     assert trainer, first.communicate()[0]
     os.kill(int(trainer[0]), signal.SIGTERM)
     output = first.communicate(timeout=120)[0]
