@@ -160,8 +160,8 @@ def _point(error, protocol=False, **settings):
     ([_point(7.0, True, branch="full")] + [_point(9.0 + i, branch=f"b{i}") for i in range(5)], (720, 360)),
 ])
 def test_one_plotting_function_draws_lines_for_numeric_params_and_bars_otherwise(tmp_path, points, size):
-    out = plot_ablation(points, tmp_path / "figure.png", "axis")
-    assert Image.open(out).size == size
+    plot_ablation(points, tmp_path / "figure.png", "axis")
+    assert Image.open(tmp_path / "figure.png").size == size
 
 
 def test_nothing_finished_is_an_error_naming_the_axis(tmp_path):

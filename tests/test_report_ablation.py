@@ -4,7 +4,6 @@ import subprocess
 import sys
 import textwrap
 
-import numpy as np
 import pytest
 from PIL import Image
 
@@ -84,10 +83,15 @@ def test_flatten_uses_dotted_keys():
 
 
 def test_plot_and_cli(exp_show, tmp_path, capsys):
-    out = plot_ablation(experiment_points(exp_show), tmp_path / "threshold.png", "threshold")
-    image = Image.open(out)
-    assert image.size == (960, 360)  # error and mask-rate panels
-    assert np.asarray(image.convert("RGB"), dtype=float).std() > 10
+    figure = plot_ablation(experiment_points(exp_show), tmp_path / "threshold.png", "threshold")
+    assert Image.open(tmp_path / "threshold.png").size == (960, 360)  # error and mask-rate panels
+    error, mask = figure.axes
+    # the experiments' summaries: error = 10 - 5 t, supervised 30, mask rate t / 2 (in %), against t
+    assert {line.get_label(): line.get_xydata().tolist() for line in error.get_lines()} == {
+        "digits_20-fixmatch_ra": [[0.5, 7.5], [0.8, 6.0], [0.95, 5.25]],
+        "digits_20-supervised": [[0.5, 30.0], [0.8, 30.0], [0.95, 30.0]]}
+    assert {line.get_label(): line.get_xydata().tolist() for line in mask.get_lines()} == {
+        "digits_20-fixmatch_ra": [[0.5, 25.0], [0.8, 40.0], [0.95, 47.5]]}
     source = tmp_path / "exp.json"
     source.write_text(json.dumps(exp_show))
     assert main(["--exp-show-json", str(source), "--out", str(tmp_path / "cli.png"),

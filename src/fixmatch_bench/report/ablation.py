@@ -201,7 +201,7 @@ def _on_line(point: AblationPoint, points: Sequence[AblationPoint], layout: _Lay
 
 
 def plot_ablation(points: Sequence[AblationPoint], out: str | Path, title: str,
-                  published: Sequence[PublishedAblation] = ()) -> Path:
+                  published: Sequence[PublishedAblation] = ()) -> Figure:
     """Error (and mask rate, where known) against the swept params: lines for one or two numeric
     params, bars otherwise. The protocol's run is a point on the lines where it fits, else a dashed
     line; published values (matched on the run's changes) are black diamonds."""
@@ -263,7 +263,8 @@ def plot_ablation(points: Sequence[AblationPoint], out: str | Path, title: str,
         axes.set_title(f"{title}: {'error' if metric == 'error' else 'final mask rate'}")
         axes.grid(alpha=0.3)
         axes.legend(fontsize="x-small")
-    return save_figure(figure, out)
+    save_figure(figure, out)
+    return figure
 
 
 # ------------------------------------------------------------ the suite's tables
@@ -297,7 +298,8 @@ def write_suite_ablations(params: Params, results_dir: str | Path, published: Pu
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
         lines.append("")
         if any(p.error is not None for p in points):
-            written.append(plot_ablation(points, out / f"{axis}.png", axis, published.ablations))
+            plot_ablation(points, out / f"{axis}.png", axis, published.ablations)
+            written.append(out / f"{axis}.png")
             lines += [f"![{axis}]({axis}.png)", ""]
     if params.ablations:
         lines += ["Error: % test error of the EMA model (median of the last evaluations), mean over the folds that "
@@ -325,11 +327,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ValueError(f"no experiment in the input has the params {', '.join(swept)} "
                              f"and {'the metrics ' + ', '.join(args.metric) if args.metric else 'metrics'} "
                              f"from {args.metrics_file!r}")
-        out = plot_ablation(points, args.out, ", ".join(swept))
+        plot_ablation(points, args.out, ", ".join(swept))
     except (ValueError, json.JSONDecodeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"wrote {out} ({len({p.label for p in points})} experiments)")
+    print(f"wrote {args.out} ({len({p.label for p in points})} experiments)")
     return 0
 
 
