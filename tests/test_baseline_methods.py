@@ -14,7 +14,8 @@ from torch import nn
 
 from fixmatch_bench.methods.base import Batch, RunContext
 from fixmatch_bench.methods.mean_teacher import MeanTeacher
-from fixmatch_bench.methods.pi_model import PiModel, PiModelParams
+from fixmatch_bench.methods.common import WarmedUpParams
+from fixmatch_bench.methods.pi_model import PiModel
 from fixmatch_bench.methods.pseudo_labeling import PseudoLabeling, PseudoLabelingParams
 from fixmatch_bench.methods.uda import UDA, UDAParams
 
@@ -83,7 +84,7 @@ def _at_step(state: nn.Module, step: int) -> nn.Module:
     return state
 
 
-PI = PiModelParams(impl="pi_model", uratio=1, consistency_weight=10.0, warmup_pos=0.4)
+PI = WarmedUpParams(impl="pi_model", uratio=1, consistency_weight=10.0, warmup_pos=0.4)
 
 
 @pytest.mark.parametrize("step, ramp", [(0, 0.0), (20, 0.5), (40, 1.0), (90, 1.0)])

@@ -15,6 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..core.schema import Count, Fraction, NonNegative, Params
+from .base import Batch, Method, MethodParams, RunContext
+
 
 class Ramp(nn.Module):
     """The official linear warm-up of a loss weight, ``clip(step / length, 0, 1)`` (0 at the first
@@ -72,3 +75,31 @@ def sharpen(probabilities: Tensor, temperature: float) -> Tensor:
     """``p ** (1 / T)``, renormalised (MixMatch's label guess)."""
     sharpened = probabilities ** (1.0 / temperature)
     return sharpened / sharpened.sum(1, keepdim=True)
+
+
+class WarmedUpParams(MethodParams):
+    uratio: Count  # unlabeled images per labeled one (1: the official ClassifySemi.train batches B)
+    consistency_weight: NonNegative
+    warmup_pos: Fraction  # the warm-up reaches 1 at this fraction of training
+
+
+class WarmedUp(Method):
+    """A baseline of the official ``ClassifySemi.train`` (Π-Model, Pseudo-Labeling, Mean Teacher): its own
+    unlabeled ratio, a consistency weight warmed up linearly over ``warmup_pos`` of training, and the
+    labeled batch in a pass of its own, the one that updates BatchNorm's running statistics."""
+
+    Params = WarmedUpParams
+    params: WarmedUpParams
+
+    def uratio(self, params: Params) -> int:
+        return self.params.uratio
+
+    def build_state(self, context: RunContext) -> Ramp:
+        return Ramp(self.params.warmup_pos * context.steps, context.class_distribution.device)
+
+    def after_step(self, state: Ramp, logs: dict[str, Tensor]) -> None:
+        state.advance()
+
+    @staticmethod
+    def labeled_loss(forward: nn.Module, batch: Batch) -> Tensor:
+        return F.cross_entropy(forward(batch.labeled), batch.targets)

@@ -9,7 +9,6 @@ BatchNorm's running statistics.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..core.errors import fail
@@ -24,8 +23,7 @@ class MeanTeacher(PiModel):
 
     def loss(self, forward: nn.Module, batch: Batch, teacher: nn.Module | None,
              state: Ramp) -> tuple[Tensor, LossLogs]:
-        logits_x = forward(batch.labeled)
-        loss_x = F.cross_entropy(logits_x, batch.targets)
+        loss_x = self.labeled_loss(forward, batch)
         if not batch.unlabeled:
             return loss_x, {"loss": loss_x.detach(), "loss_x": loss_x.detach()}
         view_0, view_1 = batch.unlabeled

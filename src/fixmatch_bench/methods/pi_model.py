@@ -10,35 +10,18 @@ warm-up that reaches 1 at ``warmup_pos`` of training.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..core.schema import Count, Fraction, NonNegative, Params
-from .base import Batch, LossLogs, Method, MethodParams, RunContext, View
-from .common import Ramp, bn_frozen, softmax_mse
+from .base import Batch, LossLogs, View
+from .common import Ramp, WarmedUp, bn_frozen, softmax_mse
 
 
-class PiModelParams(MethodParams):
-    uratio: Count  # unlabeled images per labeled one (1: ClassifySemi.train batches 64)
-    consistency_weight: NonNegative
-    warmup_pos: Fraction  # the warm-up reaches 1 at this fraction of training
-
-
-class PiModel(Method):
-    Params = PiModelParams
-    params: PiModelParams
+class PiModel(WarmedUp):
     views: tuple[View, ...] = ("weak", "weak")
-
-    def uratio(self, params: Params) -> int:
-        return self.params.uratio
-
-    def build_state(self, context: RunContext) -> Ramp:
-        return Ramp(self.params.warmup_pos * context.steps, context.class_distribution.device)
 
     def loss(self, forward: nn.Module, batch: Batch, teacher: nn.Module | None,
              state: Ramp) -> tuple[Tensor, LossLogs]:
-        logits_x = forward(batch.labeled)
-        loss_x = F.cross_entropy(logits_x, batch.targets)
+        loss_x = self.labeled_loss(forward, batch)
         if not batch.unlabeled:
             return loss_x, {"loss": loss_x.detach(), "loss_x": loss_x.detach()}
         view_0, view_1 = batch.unlabeled
@@ -49,6 +32,3 @@ class PiModel(Method):
         loss_u = softmax_mse(logits_teacher, logits_student)
         loss = loss_x + state() * self.params.consistency_weight * loss_u
         return loss, {"loss": loss.detach(), "loss_x": loss_x.detach(), "loss_u": loss_u.detach()}
-
-    def after_step(self, state: Ramp, logs: LossLogs) -> None:
-        state.advance()

@@ -12,33 +12,23 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..core.schema import Count, Fraction, NonNegative, Params
-from .base import Batch, LossLogs, Method, MethodParams, RunContext, View
-from .common import Ramp, bn_frozen
+from ..core.schema import Fraction
+from .base import Batch, LossLogs, View
+from .common import Ramp, WarmedUp, WarmedUpParams, bn_frozen
 
 
-class PseudoLabelingParams(MethodParams):
-    uratio: Count
-    consistency_weight: NonNegative
+class PseudoLabelingParams(WarmedUpParams):
     threshold: Fraction  # strict: max p > threshold
-    warmup_pos: Fraction
 
 
-class PseudoLabeling(Method):
+class PseudoLabeling(WarmedUp):
     Params = PseudoLabelingParams
     params: PseudoLabelingParams
     views: tuple[View, ...] = ("weak",)
 
-    def uratio(self, params: Params) -> int:
-        return self.params.uratio
-
-    def build_state(self, context: RunContext) -> Ramp:
-        return Ramp(self.params.warmup_pos * context.steps, context.class_distribution.device)
-
     def loss(self, forward: nn.Module, batch: Batch, teacher: nn.Module | None,
              state: Ramp) -> tuple[Tensor, LossLogs]:
-        logits_x = forward(batch.labeled)
-        loss_x = F.cross_entropy(logits_x, batch.targets)
+        loss_x = self.labeled_loss(forward, batch)
         if not batch.unlabeled:
             return loss_x, {"loss": loss_x.detach(), "loss_x": loss_x.detach()}
         with bn_frozen(forward):
@@ -53,6 +43,3 @@ class PseudoLabeling(Method):
             logs["pseudo_label_correct"] = ((pseudo_labels == batch.unlabeled_targets).float() * mask * known).sum()
             logs["pseudo_label_count"] = (mask * known).sum()
         return loss, logs
-
-    def after_step(self, state: Ramp, logs: LossLogs) -> None:
-        state.advance()
